@@ -1,0 +1,1 @@
+"""casprobe.lab.routes."""
