@@ -1,0 +1,169 @@
+"""The lab process: every simulated server, HAProxy as a child, and the control API, in one event loop.
+
+Started by ``casprobe lab up`` as ``python -m casprobe.lab.daemon --dir LABDIR`` (detached, output to
+``LABDIR/lab.log``); stopped by ``casprobe lab down`` (control API), SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from casprobe.errors import CasprobeError
+from casprobe.lab import haproxy
+from casprobe.lab.control import build_control_app
+from casprobe.lab.events import EventLog
+from casprobe.lab.host import ServerHost
+from casprobe.lab.ntlm import AuthConfig, AuthMiddleware
+from casprobe.lab.ops import LabOperations
+from casprobe.lab.org import Org
+from casprobe.lab.pki import cert_der_from_pem, load_lab_pki
+from casprobe.lab.secrets import PasswordBook
+from casprobe.lab.servers import Gate, RouteFactory, build_server_app, is_anonymous_path
+from casprobe.lab.world import LabWorld
+
+__all__ = ["main", "run_lab"]
+
+log = logging.getLogger("casprobe.lab")
+
+
+def _route_factories() -> list[RouteFactory]:
+    from casprobe.lab.routes import autodiscover, ews, mapi
+
+    return [autodiscover.routes, mapi.routes, ews.routes]
+
+
+async def run_lab(folder: Path) -> None:
+    """Run the lab described by ``folder/org.json`` until asked to stop."""
+    org = Org.load(folder / "org.json")
+    pki = load_lab_pki(org, folder / "tls")
+    book = PasswordBook(org, folder)
+    os.environ["NTLM_USER_FILE"] = str(book.ntlm_user_file)
+    events = EventLog(folder / "events.jsonl")
+    world = LabWorld(org, events)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    hosts: dict[str, ServerHost] = {}
+    factories = _route_factories()
+    for server in org.servers:
+        cert, key = pki.server_cert[server.name]
+        gate = Gate()
+        auth_config = AuthConfig(
+            offered=org.config.auth_offered,
+            extended_protection=org.config.extended_protection,
+            realm=server.fqdn,
+            response_headers=(("X-FEServer", server.netbios),),
+        )
+        cert_der = cert_der_from_pem(cert)
+
+        def wrap(app: Any, auth_config: AuthConfig = auth_config, cert_der: bytes = cert_der) -> Any:
+            return AuthMiddleware(
+                app,
+                auth_config,
+                server_cert_der=cert_der,
+                verify_basic=book.verify_basic,
+                is_anonymous=is_anonymous_path,
+            )
+
+        app = build_server_app(world, server.name, gate=gate, route_factories=factories, auth=wrap)
+        hosts[server.name] = ServerHost(server.name, server.address, server.port, app, cert, key, gate)
+
+    ops = LabOperations(world, hosts)
+    lb = haproxy.HaproxyProcess(
+        haproxy.LbSettings(
+            mode=org.config.lb,
+            bind_address=org.lb_address,
+            port=org.config.port,
+            namespace_host=org.namespace,
+            inter_ms=org.config.check_inter_ms,
+            fall=org.config.check_fall,
+            rise=org.config.check_rise,
+            ca_file=pki.ca_file,
+            lb_pem=pki.lb_pem,
+            run_dir=folder / "haproxy",
+        ),
+        [haproxy.LbBackendServer(s.name, s.fqdn, s.address, s.port) for s in org.servers],
+    )
+    lb_view: dict[str, str] = {}
+
+    def on_lb_change(backend: str, server: str, old: str | None, new: str) -> None:
+        lb_view[f"{backend}/{server}"] = new
+        events.record("haproxy.server", backend=backend, server=server, state=new, previous=old)
+
+    def ready() -> bool:
+        return bool(lb_view) and all(state == "UP" for key, state in lb_view.items())
+
+    control = uvicorn.Server(
+        uvicorn.Config(
+            build_control_app(ops, lb_status=lambda: dict(lb_view), ready=ready, shutdown=stop),
+            uds=str(folder / "control.sock"),
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
+    )
+    control.config.load()
+    control.lifespan = control.config.lifespan_class(control.config)
+    poller: asyncio.Task[None] | None = None
+    started: list[ServerHost] = []
+    try:
+        for host in hosts.values():
+            await host.start()
+            started.append(host)
+        lb.start()
+        events.record("haproxy.start", pid=lb.pid, mode=org.config.lb)
+        await asyncio.to_thread(lb.wait_ready, 15.0)
+        poller = asyncio.create_task(haproxy.watch_states(lb, 0.1, on_lb_change))
+        (folder / "control.sock").unlink(missing_ok=True)
+        await control.startup()
+        control_loop = asyncio.create_task(control.main_loop())
+        (folder / "lab.pid").write_text(f"{os.getpid()}\n")
+        events.record("lab.up", servers=list(org.server_names), pid=os.getpid())
+        log.warning("lab up: %d servers, HAProxy pid %s", len(hosts), lb.pid)
+        await stop.wait()
+        control.should_exit = True
+        await control_loop
+        await control.shutdown()
+    finally:
+        await ops.shutdown()
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        lb.stop()
+        events.record("haproxy.stop")
+        for host in started:
+            await host.stop()
+        events.record("lab.down")
+        events.close()
+        for name in ("lab.pid", "control.sock"):
+            (folder / name).unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m casprobe.lab.daemon")
+    parser.add_argument("--dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(run_lab(args.dir))
+    except CasprobeError as exc:
+        print(f"lab failed: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
