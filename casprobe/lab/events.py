@@ -62,15 +62,15 @@ class EventLog:
         self.path = path
         self._lock = threading.Lock()
         self._seq = sum(1 for _ in read_events(path)) if path.exists() else 0
-        self._file = path.open("a", encoding="utf-8")
         self._recent: list[LabEvent] = []
 
     def record(self, kind: str, **data: Any) -> LabEvent:
         with self._lock:
             self._seq += 1
             event = LabEvent(self._seq, time.time(), time.monotonic(), kind, dict(data))
-            self._file.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
-            self._file.flush()
+            # opened per event: events are rare, and nothing stays open if the lab dies
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
             self._recent.append(event)
             del self._recent[:-1000]
             return event
@@ -83,8 +83,7 @@ class EventLog:
         return [e for e in read_events(self.path) if e.seq > seq]
 
     def close(self) -> None:
-        with self._lock:
-            self._file.close()
+        """Nothing to release (kept so callers need not know)."""
 
 
 def read_events(path: Path) -> Iterator[LabEvent]:
