@@ -6,7 +6,6 @@ Each server's certificate names the server itself and the namespace names, as a 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from cryptography import x509
 
 from casprobe.lab.org import Org
 
-__all__ = ["LabPki", "cert_der_from_pem", "issue_lab_pki", "load_lab_pki", "tls_server_end_point"]
+__all__ = ["LabPki", "cert_der_from_pem", "issue_lab_pki", "load_lab_pki"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +70,3 @@ def cert_der_from_pem(path: Path) -> bytes:
 
     cert = x509.load_pem_x509_certificate(path.read_bytes())
     return cert.public_bytes(Encoding.DER)
-
-
-def tls_server_end_point(cert_der: bytes) -> bytes:
-    """RFC 5929 ``tls-server-end-point`` channel binding data for a certificate signed with SHA-256 or weaker."""
-    return b"tls-server-end-point:" + hashlib.sha256(cert_der).digest()

@@ -69,7 +69,8 @@ def test_bad_lab_configurations_are_refused_with_a_clear_message(config: LabConf
 def test_server_wide_offline_overrides_all_but_monitoring() -> None:
     """ServerWideOffline Inactive turns every protocol component inactive; Monitoring stays Active."""
     states = ComponentStates()
-    assert states.vdir_active("mapi") and states.vdir_active("EWS")
+    assert states.vdir_active("mapi")
+    assert states.vdir_active("EWS")
     states.set("ServerWideOffline", "Inactive")
     assert not states.vdir_active("mapi")
     assert states.effective("Monitoring") == "Active"
@@ -94,7 +95,8 @@ def test_a_database_move_bumps_the_generation_and_logs_start_and_end(tmp_path: P
     world = LabWorld(org, events)
     alice = org.users[0]
     before = world.backend_for(alice)
-    assert before is not None and before.server == "mb1"
+    assert before is not None
+    assert before.server == "mb1"
 
     async def scenario() -> None:
         move = asyncio.create_task(world.dag.move(alice.database, "mb2", "switchover"))
@@ -104,7 +106,8 @@ def test_a_database_move_bumps_the_generation_and_logs_start_and_end(tmp_path: P
 
     asyncio.run(scenario())
     after = world.backend_for(alice)
-    assert after is not None and after.server == "mb2"
+    assert after is not None
+    assert after.server == "mb2"
     assert not world.session_valid(alice, before.generation)
     assert world.session_valid(alice, after.generation)
     kinds = [e.kind for e in read_events(tmp_path / "events.jsonl")]
@@ -138,6 +141,7 @@ def test_delivery_wakes_a_waiting_notification(tmp_path: Path) -> None:
         return woke, idle
 
     woke, idle = asyncio.run(scenario())
-    assert woke is True and idle is False
+    assert woke is True
+    assert idle is False
     assert [m.subject for m in world.mail.mailbox(alice.smtp).folders["inbox"].messages][-1] == "hi"
     assert world.mail.mailbox(bob.smtp).folders["sentitems"].messages[-1].subject == "hi"
