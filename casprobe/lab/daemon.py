@@ -64,6 +64,7 @@ async def run_lab(folder: Path) -> None:
             offered=org.config.auth_offered,
             extended_protection=org.config.extended_protection,
             realm=server.fqdn,
+            connection_ttl_s=130.0,  # a little above the keep-alive timeout (IIS: 120 s)
             response_headers=(("X-FEServer", server.netbios),),
         )
         cert_der = cert_der_from_pem(cert)

@@ -22,8 +22,9 @@ Route modules get ``(world, server_name)`` and use:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from casprobe.lab.components import ComponentStates
 from casprobe.lab.dag import Dag
@@ -40,7 +41,7 @@ class RequestLike(Protocol):
     """What :meth:`LabWorld.user_for_request` needs of a Starlette request."""
 
     @property
-    def scope(self) -> dict[str, object]: ...
+    def scope(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
