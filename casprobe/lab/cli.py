@@ -79,31 +79,34 @@ def lab_up(folder: Path, config: LabConfig, wait_s: float = 45.0) -> Org:
     org.save(folder / "org.json")
     issue_lab_pki(org, folder / "tls")
     book = generate_passwords(org, folder)
-    log = (folder / "lab.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "casprobe.lab.daemon", "--dir", str(folder)],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        close_fds=True,
-    )
-    log.close()
+    with (folder / "lab.log").open("ab") as log:
+        launcher = subprocess.run(
+            [sys.executable, "-m", "casprobe.lab.daemon", "--dir", str(folder), "--detach"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+            timeout=30,
+            check=False,
+        )
+    if launcher.returncode != 0:
+        raise LabError(f"the lab process could not start (exit {launcher.returncode}):\n{_log_tail(folder)}")
     deadline = time.monotonic() + wait_s
     with LabClient(folder, timeout=5.0) as client:
         while True:
-            code = proc.poll()
-            if code is not None:
-                raise LabError(f"the lab process exited with code {code} while starting:\n{_log_tail(folder)}")
+            pid = _running_pid(folder)
+            if pid is None and (folder / "lab.pid").exists():
+                raise LabError(f"the lab process exited while starting:\n{_log_tail(folder)}")
             try:
                 if client.status().get("ready"):
                     break
             except LabNotRunning:
                 pass
             if time.monotonic() > deadline:
-                _stop_process(folder, proc.pid)
+                if pid is not None:
+                    _stop_process(folder, pid)
                 raise LabError(f"the lab did not become ready within {wait_s:.0f} s:\n{_log_tail(folder)}")
-            time.sleep(0.2)
+            time.sleep(0.1)
     write_profile(org, folder, book)
     return org
 

@@ -19,9 +19,10 @@ from typing import Any
 import uvicorn
 
 from casprobe.errors import CasprobeError
-from casprobe.lab import haproxy
 from casprobe.lab.control import build_control_app
 from casprobe.lab.events import EventLog
+from casprobe.lab.haproxy import LbBackendServer, LbSettings
+from casprobe.lab.haproxy_runtime import HaproxyProcess, StateChange, StateWatcher
 from casprobe.lab.host import ServerHost
 from casprobe.lab.ntlm import AuthConfig, AuthMiddleware
 from casprobe.lab.ops import LabOperations
@@ -65,7 +66,6 @@ async def run_lab(folder: Path) -> None:
             extended_protection=org.config.extended_protection,
             realm=server.fqdn,
             connection_ttl_s=130.0,  # a little above the keep-alive timeout (IIS: 120 s)
-            response_headers=(("X-FEServer", server.netbios),),
         )
         cert_der = cert_der_from_pem(cert)
 
@@ -82,8 +82,9 @@ async def run_lab(folder: Path) -> None:
         hosts[server.name] = ServerHost(server.name, server.address, server.port, app, cert, key, gate)
 
     ops = LabOperations(world, hosts)
-    lb = haproxy.HaproxyProcess(
-        haproxy.LbSettings(
+    (folder / "haproxy").mkdir(exist_ok=True)
+    lb = HaproxyProcess(
+        LbSettings(
             mode=org.config.lb,
             bind_address=org.lb_address,
             port=org.config.port,
@@ -95,13 +96,22 @@ async def run_lab(folder: Path) -> None:
             lb_pem=pki.lb_pem,
             run_dir=folder / "haproxy",
         ),
-        [haproxy.LbBackendServer(s.name, s.fqdn, s.address, s.port) for s in org.servers],
+        [LbBackendServer(s.name, s.fqdn, s.address, s.port) for s in org.servers],
     )
     lb_view: dict[str, str] = {}
 
-    def on_lb_change(backend: str, server: str, old: str | None, new: str) -> None:
-        lb_view[f"{backend}/{server}"] = new
-        events.record("haproxy.server", backend=backend, server=server, state=new, previous=old)
+    def on_lb_change(change: StateChange) -> None:
+        lb_view[f"{change.backend}/{change.server}"] = change.new
+        events.record(
+            "haproxy.server",
+            at=change.at,
+            backend=change.backend,
+            server=change.server,
+            state=change.new,
+            previous=change.old,
+            detail=change.detail,
+            source=change.source,
+        )
 
     def ready() -> bool:
         return bool(lb_view) and all(state == "UP" for key, state in lb_view.items())
@@ -124,14 +134,13 @@ async def run_lab(folder: Path) -> None:
         for host in hosts.values():
             await host.start()
             started.append(host)
-        lb.start()
+        await lb.start(15.0)
+        (folder / "haproxy" / "haproxy.pid").write_text(f"{lb.pid}\n")
         events.record("haproxy.start", pid=lb.pid, mode=org.config.lb)
-        await asyncio.to_thread(lb.wait_ready, 15.0)
-        poller = asyncio.create_task(haproxy.watch_states(lb, 0.1, on_lb_change))
+        poller = asyncio.create_task(StateWatcher(lb, on_lb_change, interval_s=0.05).run())
         (folder / "control.sock").unlink(missing_ok=True)
         await control.startup()
         control_loop = asyncio.create_task(control.main_loop())
-        (folder / "lab.pid").write_text(f"{os.getpid()}\n")
         events.record("lab.up", servers=list(org.server_names), pid=os.getpid())
         log.warning("lab up: %d servers, HAProxy pid %s", len(hosts), lb.pid)
         await stop.wait()
@@ -144,7 +153,8 @@ async def run_lab(folder: Path) -> None:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-        lb.stop()
+        await lb.stop()
+        lb.kill()
         events.record("haproxy.stop")
         for host in started:
             await host.stop()
@@ -157,7 +167,13 @@ async def run_lab(folder: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m casprobe.lab.daemon")
     parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--detach", action="store_true", help="fork into the background and return at once")
     args = parser.parse_args(argv)
+    if args.detach and os.fork() > 0:
+        os._exit(0)  # the parent returns at once; the lab is reparented to init (no zombie, no waiting parent)
+    if args.detach:
+        os.setsid()
+    (args.dir / "lab.pid").write_text(f"{os.getpid()}\n")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(run_lab(args.dir))

@@ -64,10 +64,15 @@ class EventLog:
         self._seq = sum(1 for _ in read_events(path)) if path.exists() else 0
         self._recent: list[LabEvent] = []
 
-    def record(self, kind: str, **data: Any) -> LabEvent:
+    def record(self, kind: str, *, at: float | None = None, **data: Any) -> LabEvent:
+        """Append an event; ``at`` is the wall-clock time it happened when that was before now (HAProxy's log)."""
         with self._lock:
             self._seq += 1
-            event = LabEvent(self._seq, time.time(), time.monotonic(), kind, dict(data))
+            wall, mono = time.time(), time.monotonic()
+            if at is not None and at < wall:
+                mono -= wall - at
+                wall = at
+            event = LabEvent(self._seq, wall, mono, kind, dict(data))
             # opened per event: events are rare, and nothing stays open if the lab dies
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")

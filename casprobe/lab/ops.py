@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from casprobe.errors import LabError
@@ -97,9 +98,10 @@ class LabOperations:
             raise LabError(f"unknown power-off mode {mode!r}: use refuse or blackhole")
         self._claim(server)
         try:
+            at = time.time()  # the moment the sockets go; HAProxy may notice before power_off returns
             await self.hosts[server].power_off(mode)
             self.world.power[server] = "refuse" if mode == "refuse" else "blackhole"
-            self.world.events.record("power.off", server=server, mode=mode)
+            self.world.events.record("power.off", at=at, server=server, mode=mode)
             stranded = self.world.dag.databases_active_on(server)
             if stranded:
                 self._failovers[server] = asyncio.create_task(self._failover(server))

@@ -94,7 +94,12 @@ def test_store_unavailable_during_move(tmp_path: Path) -> None:
         target = db.copies[1]
         with handle.resolving(), ntlm_session(handle) as session:
             assert _folder_code(handle, session, "outlook.lab.test") == "NoError"
-            mover = threading.Thread(target=lambda: handle.control().switchover(db.name, target))
+
+            def switch() -> None:
+                with handle.control() as control:
+                    control.switchover(db.name, target)
+
+            mover = threading.Thread(target=switch)
             mover.start()
             codes = set()
             deadline = time.monotonic() + 2.0

@@ -92,13 +92,22 @@ def test_graceful_maintenance_drains_mb1_from_the_namespace_and_brings_it_back(o
         assert all(e.mono < offline for e in moved), "databases move before ServerWideOffline (documented order)"
 
         control.maintenance("mb1", "stop")
+        up = None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if any(s.fe_server == "MB1" and s.started > down + budget for s in poller.samples):
+            if up is None:
+                ups = [
+                    e.mono
+                    for e in lab.events()
+                    if e.kind == "haproxy.server"
+                    and e.mono > down
+                    and (e.get("backend"), e.get("server"), e.get("state")) == ("be_mapi", "mb1", "UP")
+                ]
+                up = ups[0] if ups else None
+            elif any(s.fe_server == "MB1" and s.started > up + 0.05 for s in poller.samples):
                 break
             time.sleep(0.1)
-    events = lab.events()
-    up = _first(events, "haproxy.server", after=down, backend="be_mapi", server="mb1", state="UP")
+    assert up is not None, "HAProxy saw mb1 come back"
     before = [s for s in poller.samples if s.started < offline]
     after_down = [s for s in poller.samples if down + 0.05 < s.started < up]
     after_up = [s for s in poller.samples if s.started > up + 0.05]
