@@ -250,36 +250,46 @@ def _client(folder: Path) -> LabClient:
     return LabClient(folder)
 
 
+def _state(text: str) -> str:
+    good = text in ("UP", "Active", "on", "no")  # everything else is worth a red
+    return f"[green]{text}[/]" if good else f"[red]{text}[/]"
+
+
 def _print_status(console: Console, status: dict[str, Any], org: Org, *, show_passwords: bool, folder: Path) -> None:
     servers = Table(title="Servers", title_justify="left")
-    for column in ("server", "address", "power", "maintenance", "ServerWideOffline", "MapiProxy", "hands out"):
+    for column in ("server", "address", "power", "maintenance", "components", "URLs handed out"):
         servers.add_column(column)
-    for info in status["servers"].values():
+    for name, info in status["servers"].items():
         comps = info["components"]
-        power = info["power"]
+        offline = comps.get("ServerWideOffline", "?")
         servers.add_row(
-            info["fqdn"],
+            name,
             f"{info['address']}:{info['port']}",
-            "[green]on[/]" if power == "on" else f"[red]off ({power})[/]",
-            "[yellow]yes[/]" if info["maintenance"] else "no",
-            comps.get("ServerWideOffline", "?"),
-            comps.get("MapiProxy", "?"),
-            "its own name" if info["url_mode"] == "server" else org.namespace,
+            _state("on" if info["power"] == "on" else f"off ({info['power']})"),
+            _state("yes" if info["maintenance"] else "no"),
+            _state("Active") if offline == "Active" else _state("Offline"),
+            "own name" if info["url_mode"] == "server" else "namespace",
         )
     console.print(servers)
     dbs = Table(title="Databases", title_justify="left")
-    for column in ("database", "active on", "copies (preference order)", "users"):
+    for column in ("database", "active on", "copies (preference order)", "mailboxes"):
         dbs.add_column(column)
     for name, info in status["databases"].items():
         users = ", ".join(u.alias for u in org.users if u.database == name)
         active = info["active"] or "[yellow](moving)[/]"
         dbs.add_row(name, active, ", ".join(info["copies"]), users)
     console.print(dbs)
-    lb = Table(title="HAProxy's view", title_justify="left")
-    lb.add_column("backend/server")
-    lb.add_column("state")
-    for key, state in sorted(status.get("haproxy", {}).items()):
-        lb.add_row(key, f"[green]{state}[/]" if state == "UP" else f"[red]{state}[/]")
+    view: dict[str, dict[str, str]] = {}
+    for key, state in status.get("haproxy", {}).items():
+        backend, _, server = key.partition("/")
+        view.setdefault(server, {})[backend.removeprefix("be_").replace("microsoft_server_activesync", "eas")] = state
+    backends = sorted({b for states in view.values() for b in states})
+    lb = Table(title=f"HAProxy's view ({org.config.lb})", title_justify="left")
+    lb.add_column("server")
+    for backend in backends:
+        lb.add_column(backend)
+    for server in sorted(view):
+        lb.add_row(server, *(_state(view[server].get(b, "-")) for b in backends))
     console.print(lb)
     if show_passwords:
         book = PasswordBook(org, folder)
@@ -290,7 +300,8 @@ def _print_status(console: Console, status: dict[str, Any], org: Org, *, show_pa
             pw.add_row(f"{org.netbios}\\{user.alias}", user.smtp, book.password(user.alias))
         console.print(pw)
     else:
-        console.print(f"users: {', '.join(u.smtp for u in org.users)} (passwords: lab status --show-passwords)")
+        console.print(f"users: {', '.join(u.smtp for u in org.users)}")
+        console.print("passwords: casprobe lab status --show-passwords")
 
 
 @lab.command("status")
