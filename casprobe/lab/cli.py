@@ -241,7 +241,8 @@ def up_command(folder: Path, /, **opts: Any) -> None:
     )
     console.print(f"profile: {folder / 'profile.toml'}  (use it with --lab)")
     console.print(f"CA: {folder / 'tls' / 'ca.pem'}")
-    _print_status(console, _client(folder).status(), org, show_passwords=False, folder=folder)
+    console.print(f"mailboxes: {', '.join(u.smtp for u in org.users)}")
+    console.print("next: casprobe lab status   (servers, copies, HAProxy's view; --show-passwords for passwords)")
 
 
 def _client(folder: Path) -> LabClient:
