@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from casprobe.errors import ConfigError
 from casprobe.model import TlsFacts
 
 __all__ = [
@@ -51,7 +52,10 @@ def make_ssl_context(options: TlsOptions) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     elif options.ca_file is not None:
-        context = ssl.create_default_context(cafile=str(options.ca_file))
+        try:
+            context = ssl.create_default_context(cafile=str(options.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot use {options.ca_file} as a CA bundle: {exc}") from exc
     else:
         context = ssl.create_default_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
