@@ -19,6 +19,7 @@ __all__ = ["cli", "main"]
 
 # command name -> "module:attribute" of a click command
 _COMMANDS: dict[str, str] = {
+    "check": "casprobe.cli.check:check",
     "lab": "casprobe.lab.cli:lab",
 }
 
@@ -50,7 +51,7 @@ def cli(verbose: int) -> None:
 def main() -> None:
     """Entry point: run the CLI, turning CasprobeError into a message and its exit code."""
     try:
-        cli.main(standalone_mode=False)
+        status = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
@@ -66,3 +67,6 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    # without standalone mode, click hands a command's ctx.exit(code) back as the return value
+    if isinstance(status, int) and status:
+        sys.exit(status)

@@ -25,7 +25,7 @@ import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -252,11 +252,11 @@ class ProbeClient:
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
-    def _timeout(self) -> httpx.Timeout:
-        remaining = self.remaining()
+    def _timeout(self, deadline: float | None = None, timeout_s: float | None = None) -> httpx.Timeout:
+        remaining = min(self.deadline, deadline if deadline is not None else self.deadline) - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceeded("the probe's deadline passed")
-        cap = min(remaining, self.options.timeout_s)
+        cap = min(remaining, self.options.timeout_s if timeout_s is None else timeout_s)
         return httpx.Timeout(cap, pool=cap)
 
     def url(self, path: str) -> str:
@@ -271,9 +271,18 @@ class ProbeClient:
         content: bytes | None = None,
         max_body: int | None = None,
         auth: httpx.Auth | None = None,
+        timeout_s: float | None = None,
+        deadline: float | None = None,
+        on_chunk: Callable[[bytes], None] | None = None,
     ) -> Exchange:
-        """Send one request (authenticating if needed) and read the whole answer within limits and deadline."""
+        """Send one request (authenticating if needed) and read the whole answer within limits and deadline.
+
+        For long-held answers (a MAPI/HTTP NotificationWait): ``timeout_s`` replaces the per-operation cap for this
+        request, ``deadline`` (monotonic) ends it before the probe's own deadline (DeadlineExceeded either way), and
+        ``on_chunk`` sees each piece of the body as it arrives (raw: before any Content-Encoding is undone).
+        """
         url = self.url(path)
+        until = self.deadline if deadline is None else min(deadline, self.deadline)
         trace = _Trace()
         limit = self.options.max_body if max_body is None else max_body
         self._resolve_time = None
@@ -286,7 +295,7 @@ class ProbeClient:
             url,
             headers=headers,
             content=content,
-            timeout=self._timeout(),
+            timeout=self._timeout(until, timeout_s),
             extensions={"trace": trace},
             **kwargs,
         ) as response:
@@ -297,7 +306,9 @@ class ProbeClient:
                 if size > limit:
                     raise BodyTooLarge(limit)
                 chunks.append(chunk)
-                if time.monotonic() > self.deadline:
+                if on_chunk is not None:
+                    on_chunk(chunk)
+                if time.monotonic() > until:
                     raise DeadlineExceeded("the probe's deadline passed while the body was still arriving")
             body = b"".join(chunks)
             body = _decode(response, body)

@@ -39,6 +39,9 @@ class ProbeSettings:
         mapi_notification_wait_s: hold a NotificationWait this long (0 = skip NotificationWait and PING).
         cert_warn_days: a certificate expiring within this many days makes a result a warning.
         domain: the SMTP domain Autodiscover starts from (defaults to the mailbox's).
+        namespace: the load-balanced name of the run (``outlook.contoso.com``), so that Autodiscover can tell
+            URLs naming the namespace from URLs naming one server; None = the namespace target's name.
+        server_names: the servers' own names of the run (``mb1.contoso.com``), for the same purpose.
     """
 
     mailbox: str | None = None
@@ -51,6 +54,8 @@ class ProbeSettings:
     mapi_notification_wait_s: float = 0.0
     cert_warn_days: int = 30
     domain: str | None = None
+    namespace: str | None = None
+    server_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +176,8 @@ class Recorder:
         self.note(step, ok=False, detail=detail, error_class=error_class)
         if error_class is ErrorClass.TLS and self.tls is None:
             self._inspect_certificate()
+        if error_class is ErrorClass.INTERNAL:  # a bug in casprobe says nothing about the target
+            return self._result(False, Severity.UNKNOWN, error_class, detail)
         return self.failure(error_class, detail)
 
     def _inspect_certificate(self) -> None:
