@@ -16,22 +16,16 @@ import re
 
 from spnego.channel_bindings import GssChannelBindings
 
+from casprobe.net.tls import channel_binding_hash
+
 __all__ = ["certificate_hash", "channel_bindings_for", "format_user_file_line"]
 
 _HASH_PAIR_RE = re.compile(r"[0-9a-fA-F]{32}:[0-9a-fA-F]{32}")
 
 
 def certificate_hash(cert_der: bytes) -> bytes:
-    """Return the RFC 5929 §4.1 ``tls-server-end-point`` hash of a DER certificate."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-
-    algorithm = x509.load_der_x509_certificate(cert_der).signature_hash_algorithm
-    if algorithm is None or algorithm.name in ("md5", "sha1"):
-        algorithm = hashes.SHA256()
-    digest = hashes.Hash(algorithm)
-    digest.update(cert_der)
-    return digest.finalize()
+    """Return the RFC 5929 §4.1 ``tls-server-end-point`` hash of a DER certificate (the client's own rule)."""
+    return channel_binding_hash(cert_der)
 
 
 def channel_bindings_for(cert_der: bytes) -> GssChannelBindings:

@@ -123,15 +123,9 @@ class _ReportingAuth(httpx.Auth):
 
 def tls_server_end_point(cert_der: bytes) -> bytes:
     """Return the RFC 5929 §4.1 hash of a DER certificate: its signature's hash, SHA-256 for MD5/SHA-1/none."""
-    from cryptography import x509  # a dependency of pyspnego
-    from cryptography.hazmat.primitives import hashes
+    from casprobe.net.tls import channel_binding_hash
 
-    algorithm = x509.load_der_x509_certificate(cert_der).signature_hash_algorithm
-    if algorithm is None or algorithm.name in ("md5", "sha1"):
-        algorithm = hashes.SHA256()
-    digest = hashes.Hash(algorithm)
-    digest.update(cert_der)
-    return digest.finalize()
+    return channel_binding_hash(cert_der)
 
 
 def _channel_bindings(response: httpx.Response) -> tuple[GssChannelBindings | None, str | None]:
