@@ -18,7 +18,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -215,6 +215,12 @@ class CheckPlan:
 
     def targets(self, extra_servers: Iterable[str] = ()) -> tuple[Target, ...]:
         return build_targets(self.namespace, [*self.servers, *extra_servers], port=self.port, pins=self.pins)
+
+    def settings_for(self, extra_servers: Iterable[str] = ()) -> ProbeSettings:
+        """The probes' settings, told which names are the namespace and which are servers, so that Autodiscover
+        can say whether the URLs it hands out name the load-balanced namespace or one server."""
+        names = tuple(dict.fromkeys(n.lower().rstrip(".") for n in (*self.servers, *extra_servers)))
+        return replace(self.settings, namespace=self.namespace, server_names=names)
 
     def summary(self) -> dict[str, object]:
         """The settings as plain data for outputs: references to secrets are described, never resolved."""

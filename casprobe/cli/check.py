@@ -98,7 +98,7 @@ def check(namespace: str | None, **opts: Any) -> None:
         notes.append(f"server discovery: {found.detail}")
     targets = plan.targets(discovered)
     started = time.time()
-    results = run_round(targets, plan.probes, plan.settings, resolver)
+    results = run_round(targets, plan.probes, plan.settings_for(discovered), resolver)
     report = CheckReport(
         results=tuple(results),
         started_at=started,

@@ -92,10 +92,12 @@ def lab_up(folder: Path, config: LabConfig, wait_s: float = 45.0) -> Org:
     if launcher.returncode != 0:
         raise LabError(f"the lab process could not start (exit {launcher.returncode}):\n{_log_tail(folder)}")
     deadline = time.monotonic() + wait_s
+    seen: int | None = None  # the lab removes lab.pid when it exits, so remember the pid once seen
     with LabClient(folder, timeout=5.0) as client:
         while True:
             pid = _running_pid(folder)
-            if pid is None and (folder / "lab.pid").exists():
+            seen = seen or pid
+            if seen is not None and not _pid_alive(seen):
                 raise LabError(f"the lab process exited while starting:\n{_log_tail(folder)}")
             try:
                 if client.status().get("ready"):
@@ -103,8 +105,8 @@ def lab_up(folder: Path, config: LabConfig, wait_s: float = 45.0) -> Org:
             except LabNotRunning:
                 pass
             if time.monotonic() > deadline:
-                if pid is not None:
-                    _stop_process(folder, pid)
+                if seen is not None:
+                    _stop_process(folder, seen)
                 raise LabError(f"the lab did not become ready within {wait_s:.0f} s:\n{_log_tail(folder)}")
             time.sleep(0.1)
     write_profile(org, folder, book)

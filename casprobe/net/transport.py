@@ -24,16 +24,17 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpcore
 import httpx
 
 from casprobe import __version__
 from casprobe.model import ErrorClass, PhaseTimings, Target, TlsFacts
+from casprobe.net.connections import PinnedBackend, ProbeTransport
 from casprobe.net.resolve import DnsFailure, Resolver
 from casprobe.net.tls import TlsOptions, facts_from_ssl_object, make_ssl_context
 
@@ -69,116 +70,6 @@ class TransportOptions:
     timeout_s: float = 10.0
     max_body: int = 8 * 1024 * 1024
     user_agent: str = USER_AGENT
-
-
-_EXC_MAP: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-)
-
-
-@contextlib.contextmanager
-def _mapped() -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        for source, target in _EXC_MAP:  # most specific first
-            if isinstance(exc, source):
-                raise target(str(exc) or exc.__class__.__name__) from exc
-        raise
-
-
-class _Backend(httpcore.NetworkBackend):
-    """httpcore's sync backend with our resolver in front of it."""
-
-    def __init__(self, resolver: Resolver, client: ProbeClient) -> None:
-        self._inner = httpcore.SyncBackend()
-        self._resolver = resolver
-        self._client = client
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        resolved = self._resolver.resolve(host, port, timeout or self._client.options.timeout_s)
-        pin = self._resolver.pin_for(host)
-        self._client.note_resolved(resolved.address, resolved.duration)
-        # no Nagle: a request's headers and body go in separate writes, and timings should show the server
-        options = [*(socket_options or ()), (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-        return self._inner.connect_tcp(
-            resolved.address,
-            pin.port if pin is not None and pin.port else port,
-            timeout=timeout,
-            local_address=local_address,
-            socket_options=options,
-        )
-
-    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> Any:
-        raise httpcore.ConnectError("unix sockets are not probed")
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
-class _Stream(httpx.SyncByteStream):
-    def __init__(self, inner: Iterable[bytes]) -> None:
-        self._inner = inner
-
-    def __iter__(self) -> Iterator[bytes]:
-        with _mapped():
-            yield from self._inner
-
-    def close(self) -> None:
-        closer = getattr(self._inner, "close", None)
-        if closer is not None:
-            closer()
-
-
-class _Transport(httpx.BaseTransport):
-    def __init__(self, backend: _Backend, ssl_context: ssl.SSLContext) -> None:
-        self._pool = httpcore.ConnectionPool(ssl_context=ssl_context, network_backend=backend, max_connections=8)
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.SyncByteStream)
-        core = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        with _mapped():
-            response = self._pool.handle_request(core)
-        assert isinstance(response.stream, Iterable)
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_Stream(response.stream),
-            extensions=response.extensions,
-        )
-
-    def close(self) -> None:
-        self._pool.close()
 
 
 class _Trace:
@@ -237,17 +128,37 @@ class ProbeClient:
         self.address: str | None = None
         self._resolve_time: float | None = None
         self.tls: TlsFacts | None = None
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
         self._client = httpx.Client(
-            transport=_Transport(_Backend(self.resolver, self), make_ssl_context(options.tls)),
+            transport=ProbeTransport(PinnedBackend(self.resolver, self), make_ssl_context(options.tls)),
             auth=auth,
             trust_env=False,
             follow_redirects=False,
             headers={"User-Agent": options.user_agent},
         )
 
+    @property
+    def connect_timeout(self) -> float:
+        return self.options.timeout_s
+
     def note_resolved(self, address: str, duration: float) -> None:
         self.address = address
         self._resolve_time = duration
+
+    def note_socket(self, sock: object) -> None:
+        if isinstance(sock, socket.socket):
+            with self._lock:
+                self._sockets = [s for s in self._sockets if s.fileno() != -1]
+                self._sockets.append(sock)
+
+    def _cut(self) -> None:
+        """The watchdog: shut every socket of this client down, so that a blocked read or connect ends now."""
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -290,30 +201,41 @@ class ProbeClient:
         kwargs: dict[str, Any] = {}
         if auth is not None:
             kwargs["auth"] = auth
-        with self._client.stream(
-            method,
-            url,
-            headers=headers,
-            content=content,
-            timeout=self._timeout(until, timeout_s),
-            extensions={"trace": trace},
-            **kwargs,
-        ) as response:
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in response.iter_raw():
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge(limit)
-                chunks.append(chunk)
-                if on_chunk is not None:
-                    on_chunk(chunk)
-                if time.monotonic() > until:
-                    raise DeadlineExceeded("the probe's deadline passed while the body was still arriving")
-            body = b"".join(chunks)
-            body = _decode(response, body)
-            if self.tls is None:
-                self.tls = _tls_facts(response, self.target.name, self.options.tls)
+        # httpx's timeouts bound each read, not the request: a watchdog enforces the deadline itself, so that a
+        # body (or headers) trickling in slower than the read timeout still ends on time
+        watchdog = threading.Timer(max(0.0, until - time.monotonic()), self._cut)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            with self._client.stream(
+                method,
+                url,
+                headers=headers,
+                content=content,
+                timeout=self._timeout(until, timeout_s),
+                extensions={"trace": trace},
+                **kwargs,
+            ) as response:
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_raw():
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyTooLarge(limit)
+                    chunks.append(chunk)
+                    if on_chunk is not None:
+                        on_chunk(chunk)
+                    if time.monotonic() > until:
+                        raise DeadlineExceeded("the deadline passed while the body was still arriving")
+                body = _decode(response, b"".join(chunks))
+                if self.tls is None:
+                    self.tls = _tls_facts(response, self.target.name, self.options.tls)
+        except (httpx.HTTPError, OSError) as exc:
+            if time.monotonic() >= until - 0.001:
+                raise DeadlineExceeded("the deadline passed before the answer was complete") from exc
+            raise
+        finally:
+            watchdog.cancel()
         total = time.perf_counter() - started
         timings = PhaseTimings(
             resolve=self._resolve_time,

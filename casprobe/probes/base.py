@@ -175,13 +175,14 @@ class Recorder:
         error_class, detail = classify(exc)
         self.note(step, ok=False, detail=detail, error_class=error_class)
         if error_class is ErrorClass.TLS and self.tls is None:
-            self._inspect_certificate()
+            self.inspect_certificate()
         if error_class is ErrorClass.INTERNAL:  # a bug in casprobe says nothing about the target
             return self._result(False, Severity.UNKNOWN, error_class, detail)
         return self.failure(error_class, detail)
 
-    def _inspect_certificate(self) -> None:
-        from casprobe.net.tls import inspect_certificate
+    def inspect_certificate(self) -> None:
+        """After a TLS failure: look (unverified) at the certificate the target presents and say what is wrong."""
+        from casprobe.net.tls import inspect_certificate as inspect
 
         target = self.ctx.target
         try:
@@ -189,7 +190,7 @@ class Recorder:
         except OSError:
             return
         remaining = max(0.2, min(3.0, self.ctx.deadline - time.monotonic()))
-        facts = inspect_certificate(address, target.port, target.name, remaining, self.ctx.settings.transport.tls)
+        facts = inspect(address, target.port, target.name, remaining, self.ctx.settings.transport.tls)
         if facts is not None:
             self.tls = facts
             problems = []

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -12,7 +15,7 @@ import pytest
 
 from casprobe.errors import LabError
 from casprobe.lab.cli import lab_up
-from tests.labkit import LabHandle, start_lab
+from tests.labkit import TEST_CONFIG, LabHandle, start_lab
 
 pytestmark = pytest.mark.lab
 
@@ -142,3 +145,20 @@ def test_status_without_a_lab_is_a_clear_message_not_a_traceback(tmp_path: Path)
     assert result.returncode == 3
     assert "no lab is running" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_lab_that_cannot_listen_fails_at_once_with_the_reason(tmp_path: Path) -> None:
+    """An address already taken ends `lab up` within seconds, quoting the lab's own error, no process left."""
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    port = 443 if os.geteuid() == 0 else 8443
+    blocker.bind(("127.0.99.11", port))
+    blocker.listen(1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(LabError, match=r"cannot listen on 127\.0\.99\.11"):
+            lab_up(tmp_path / "lab", replace(TEST_CONFIG, base_address="127.0.99.10", port=port))
+    finally:
+        blocker.close()
+    assert time.monotonic() - started < 10
+    assert _processes_mentioning(tmp_path / "lab") == []

@@ -127,6 +127,12 @@ class _Server:
                 while not self.stop.is_set():
                     conn.sendall(b"x")
                     time.sleep(0.05)
+            elif self.behaviour == "header-trickle":
+                for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 1000:
+                    if self.stop.is_set():
+                        break
+                    conn.sendall(bytes([byte]))
+                    time.sleep(0.3)
             elif self.behaviour == "silent":
                 self.stop.wait(30)
             elif self.behaviour == "garbage":
@@ -211,3 +217,26 @@ def test_an_unreadable_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
     """--ca-file naming a missing file is the user's mistake (exit 3), not a probe failure."""
     with pytest.raises(ConfigError, match="CA bundle"):
         _client(443, tmp_path / "missing.pem", 1.0)
+
+
+@pytest.mark.parametrize("behaviour", ["trickle", "header-trickle"])
+def test_the_deadline_holds_even_when_every_read_beats_the_read_timeout(
+    served: tuple[trustme.CA, Path], behaviour: str
+) -> None:
+    """A server that sends a byte just often enough to keep each read alive (body or headers) is still cut at
+    the request's deadline, not at the end of its trickle."""
+    ca, ca_file = served
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("probe.test").configure_cert(context)
+    server = _Server(context, behaviour)
+    options = TransportOptions(tls=TlsOptions(ca_file=ca_file), timeout_s=5.0)
+    target = Target("probe.test", port=server.port, address="127.0.0.1")
+    started = time.monotonic()
+    try:
+        with ProbeClient(target, resolver=Resolver(), options=options, deadline=started + 1.2) as client:
+            failure = _failure(client)
+    finally:
+        server.close()
+    elapsed = time.monotonic() - started
+    assert classify(failure)[0] is ErrorClass.TIMEOUT
+    assert 1.1 < elapsed < 1.8
