@@ -171,3 +171,38 @@ def test_bad_arguments_exit_3_with_one_clear_line(args: list[str], message: str)
     assert message in out.stderr
     assert "Traceback" not in out.stderr
     assert out.stdout == ""
+
+
+def test_extended_protection_lab_is_green_with_channel_binding_and_refuses_without(tmp_path: Path) -> None:
+    """With Extended Protection on and TCP passthrough, every name × protocol is green over NTLM/Negotiate with
+    channel binding; without the binding the authenticated probes fail with class auth (exit 2)."""
+    handle = start_lab(tmp_path / "lab", servers=2, extended_protection=True, lb="l4")
+    try:
+        good = _json(_check(handle.org.namespace, "--lab", str(handle.folder), "--format", "json"))
+        assert [(r["target"]["label"], r["probe"]) for r in good["results"] if not r["success"]] == []
+        used = {r["auth_used"] for r in good["results"] if r["probe"] in ("mapi", "ews")}
+        assert used <= {"NTLM", "Negotiate"}
+        assert used
+        bad = _check(handle.org.namespace, "--lab", str(handle.folder), "--format", "json", "--no-channel-binding")
+        assert bad.returncode == 2
+        classes = {(r["probe"], r["error_class"]) for r in _json(bad)["results"] if not r["success"]}
+        assert ("ews", "auth") in classes
+        assert ("mapi", "auth") in classes
+        assert all(r["success"] for r in _json(bad)["results"] if r["probe"] == "health")
+    finally:
+        handle.down()
+
+
+def test_behind_tls_offload_extended_protection_breaks_ntlm_through_the_namespace_only(tmp_path: Path) -> None:
+    """With HAProxy terminating TLS (l7), the client's binding names HAProxy's certificate: the servers' own
+    names stay green while the namespace's authenticated probes fail with class auth — what real Exchange does
+    behind SSL offload, and what the check must make visible."""
+    handle = start_lab(tmp_path / "lab", servers=2, extended_protection=True, lb="l7")
+    try:
+        out = _check(handle.org.namespace, "--lab", str(handle.folder), "--format", "json", "--probe", "ews")
+        assert out.returncode == 2
+        by_label = {r["target"]["name"]: r for r in _json(out)["results"]}
+        assert by_label[handle.org.namespace]["error_class"] == "auth"
+        assert all(by_label[s.fqdn]["success"] for s in handle.org.servers)
+    finally:
+        handle.down()
