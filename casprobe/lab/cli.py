@@ -203,6 +203,7 @@ def lab(ctx: click.Context, folder: Path | None) -> None:
 @click.option("--failover-delay-s", default=3.0, show_default=True, help="How long the DAG takes to fail over.")
 @click.option("--notification-wait-s", default=300.0, show_default=True, help="Longest NotificationWait hold.")
 @click.option("--pending-period-ms", default=30000, show_default=True, help="X-PendingPeriod (MAPI keep-alives).")
+@click.option("--delay-ms", default=0, show_default=True, help="Added before every answer (WAN latency stand-in).")
 @pass_folder
 def up_command(folder: Path, /, **opts: Any) -> None:
     """Start the lab and return once every server and HAProxy answer."""
@@ -232,6 +233,7 @@ def up_command(folder: Path, /, **opts: Any) -> None:
         notification_wait_s=opts["notification_wait_s"],
         pending_period_ms=opts["pending_period_ms"],
         extended_protection=opts["extended_protection"],
+        response_delay_ms=opts["delay_ms"],
     )
     started = time.monotonic()
     org = lab_up(folder, config)

@@ -135,6 +135,7 @@ class LabConfig:
         notification_wait_s: how long a NotificationWait is held when nothing happens ([MS-OXCMAPIHTTP] 3.2.2: 5 min).
         extended_protection: refuse NTLM/Negotiate without a matching channel binding.
         auth_offered: the WWW-Authenticate schemes offered, in order.
+        response_delay_ms: added before every answer (a stand-in for WAN round trips and server latency).
     """
 
     servers: int = 3
@@ -155,6 +156,7 @@ class LabConfig:
     notification_wait_s: float = 300.0
     extended_protection: bool = False
     auth_offered: tuple[str, ...] = ("Negotiate", "NTLM", "Basic")
+    response_delay_ms: int = 0
 
     def validate(self) -> None:
         """Raise ConfigError for a configuration the lab cannot run."""
@@ -179,6 +181,8 @@ class LabConfig:
         for name, mode in self.url_mode.items():
             if mode not in ("namespace", "server"):
                 raise ConfigError(f"url mode of {name} must be 'namespace' or 'server', not {mode!r}")
+        if not 0 <= self.response_delay_ms <= 10000:
+            raise ConfigError("the response delay must be between 0 and 10000 ms")
         if self.check_inter_ms < 100 or self.check_fall < 1 or self.check_rise < 1:
             raise ConfigError("health checks need inter >= 100 ms and fall, rise >= 1")
 

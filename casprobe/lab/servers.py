@@ -74,6 +74,7 @@ class FrontEnd:
         self.server = server
         self.netbios = world.org.server(server).netbios
         self.gate = gate
+        self.delay = world.config.response_delay_ms / 1000
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,6 +89,8 @@ class FrontEnd:
         async def send_with_headers(message: Message) -> None:
             await self.gate.hold()
             if message["type"] == "http.response.start":
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 headers = list(message.get("headers", []))
                 headers.append((b"x-feserver", self.netbios.encode()))
                 headers.append((b"request-id", request_id.encode()))
