@@ -12,6 +12,10 @@ from enum import IntEnum, StrEnum
 
 __all__ = [
     "ErrorClass",
+    "LabEventRecord",
+    "Marker",
+    "Outage",
+    "RunInfo",
     "PhaseTimings",
     "ProbeResult",
     "Severity",
@@ -183,6 +187,8 @@ class ProbeResult:
             expire) or CRITICAL.
         error_class, detail: why it failed (None / empty on success), or the caveat.
         started_at: ``time.time()`` at start (a timestamp); duration: seconds (``perf_counter``).
+        started_mono: ``time.monotonic()`` at start: what durations and outage windows are computed from, and
+            what compares with the lab's event log (system-wide clock on Linux); 0.0 when unknown.
         phases: the timings of the probe's main request (the one that decides success), with the total
             of the whole probe.
         address: the address connected to. fe_server / be_server: who answered and who holds the mailbox.
@@ -209,6 +215,87 @@ class ProbeResult:
     auth_used: str | None = None
     steps: tuple[Step, ...] = ()
     facts: tuple[tuple[str, str], ...] = ()
+    started_mono: float = 0.0
 
     def fact(self, name: str) -> str | None:
         return next((value for key, value in self.facts if key == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A note put on a run's timeline (``casprobe mark``, a key in the live view).
+
+    Attributes:
+        wall: ``time.time()``; mono: ``time.monotonic()`` (system-wide on Linux); text; source: ``user`` or
+        ``watch``.
+    """
+
+    wall: float
+    mono: float
+    text: str
+    source: str = "user"
+
+
+@dataclass(frozen=True, slots=True)
+class LabEventRecord:
+    """One line of the lab's event log as a run store keeps it (the ground truth of a rehearsal).
+
+    Attributes:
+        seq: the lab's sequence number; wall / mono: when it happened; kind: ``maintenance.start``,
+        ``haproxy.server``, …; data: its fields as a JSON object text (kept verbatim).
+    """
+
+    seq: int
+    wall: float
+    mono: float
+    kind: str
+    data: str = "{}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What a run was: its settings as they were, for reports that are rebuilt long after.
+
+    Attributes:
+        run_id: a UUID; started_at / ended_at: ``time.time()``; casprobe_version; interval_s: the schedule;
+        targets: the names probed, as ``label=name`` strings; probes: the probe names (``mapi-session`` is the
+        long-lived MAPI session); tls_verification: False when the user switched it off; settings: the rest as
+        a JSON object text (never a secret); host: where it ran from.
+    """
+
+    run_id: str
+    started_at: float
+    casprobe_version: str
+    interval_s: float
+    targets: tuple[str, ...]
+    probes: tuple[str, ...]
+    tls_verification: bool = True
+    settings: str = "{}"
+    host: str = ""
+    ended_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """A window in which one name × probe failed: from its first failed result to the first success after it.
+
+    Attributes:
+        target / probe: which row; start_wall, start_mono: when the first failed probe started; end_wall,
+        end_mono: when the first successful probe after it started (None = still failing at the end of the
+        run); failures: how many results failed in it; error_classes: the classes seen, most frequent first;
+        first_detail: the first failure's detail.
+    """
+
+    target: str
+    probe: str
+    start_wall: float
+    start_mono: float
+    end_wall: float | None
+    end_mono: float | None
+    failures: int
+    error_classes: tuple[str, ...]
+    first_detail: str = ""
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.end_mono is None else self.end_mono - self.start_mono

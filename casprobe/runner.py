@@ -90,6 +90,7 @@ def _failed(
         phases=PhaseTimings(total=elapsed),
         address=target.address,
         steps=(step,),
+        started_mono=time.monotonic() - elapsed,
     )
 
 

@@ -90,6 +90,7 @@ class Recorder:
         self.ctx = ctx
         self.probe = probe
         self.started_at = time.time()
+        self.started_mono = time.monotonic()
         self._t0 = time.perf_counter()
         self.steps: list[Step] = []
         self.facts: list[tuple[str, str]] = []
@@ -156,6 +157,7 @@ class Recorder:
             auth_used=self.auth_used,
             steps=tuple(self.steps),
             facts=tuple(self.facts),
+            started_mono=self.started_mono,
         )
 
     def success(self, detail: str = "") -> ProbeResult:
