@@ -373,6 +373,15 @@ def switchover_command(folder: Path, database: str, target: str) -> None:
     click.echo(f"{result['db']} is active on {result['active']}")
 
 
+@lab.command("restart-lb")
+@pass_folder
+def restart_lb_command(folder: Path) -> None:
+    """Restart HAProxy: every connection through the namespace is cut for a moment."""
+    with _client(folder) as client:
+        result = client.restart_lb()
+    click.echo(f"HAProxy restarted (pid {result['previous_pid']} -> {result['pid']})")
+
+
 @lab.command("events")
 @click.option("--since", default=0, help="Only events after this sequence number.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")

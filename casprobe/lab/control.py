@@ -8,6 +8,7 @@ JSON over HTTP on a Unix socket (only the lab's owner can reach it). Errors come
 - ``POST /maintenance/{server}/start|stop``
 - ``POST /power/{server}/off?mode=refuse|blackhole`` and ``/power/{server}/on``
 - ``POST /switchover/{db}?to=SERVER``
+- ``POST /haproxy/restart`` — restart the load balancer
 - ``POST /shutdown`` — ``lab down``
 """
 
@@ -82,6 +83,9 @@ def build_control_app(
             return JSONResponse({"error": "switchover needs ?to=SERVER"}, status_code=400)
         return await guarded(ops.switchover(request.path_params["db"], target))
 
+    async def restart_lb(request: Request) -> JSONResponse:
+        return await guarded(ops.restart_lb())
+
     async def stop(request: Request) -> JSONResponse:
         shutdown.set()
         return JSONResponse({"stopping": True})
@@ -93,6 +97,7 @@ def build_control_app(
             Route("/maintenance/{server}/{action}", maintenance, methods=["POST"]),
             Route("/power/{server}/{action}", power, methods=["POST"]),
             Route("/switchover/{db}", switchover, methods=["POST"]),
+            Route("/haproxy/restart", restart_lb, methods=["POST"]),
             Route("/shutdown", stop, methods=["POST"]),
         ]
     )
@@ -153,6 +158,10 @@ class LabClient:
 
     def switchover(self, db: str, to: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", f"/switchover/{db}", to=to)
+        return result
+
+    def restart_lb(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/haproxy/restart")
         return result
 
     def shutdown(self) -> None:

@@ -81,7 +81,6 @@ async def run_lab(folder: Path) -> None:
         app = build_server_app(world, server.name, gate=gate, route_factories=factories, auth=wrap)
         hosts[server.name] = ServerHost(server.name, server.address, server.port, app, cert, key, gate)
 
-    ops = LabOperations(world, hosts)
     (folder / "haproxy").mkdir(exist_ok=True)
     lb = HaproxyProcess(
         LbSettings(
@@ -98,6 +97,7 @@ async def run_lab(folder: Path) -> None:
         ),
         [LbBackendServer(s.name, s.fqdn, s.address, s.port) for s in org.servers],
     )
+    ops = LabOperations(world, hosts, lb)
     lb_view: dict[str, str] = {}
 
     def on_lb_change(change: StateChange) -> None:
@@ -129,14 +129,15 @@ async def run_lab(folder: Path) -> None:
     control.config.load()
     control.lifespan = control.config.lifespan_class(control.config)
     poller: asyncio.Task[None] | None = None
+    pid_writer: asyncio.Task[None] | None = None
     started: list[ServerHost] = []
     try:
         for host in hosts.values():
             await host.start()
             started.append(host)
         await lb.start(15.0)
-        (folder / "haproxy" / "haproxy.pid").write_text(f"{lb.pid}\n")
         events.record("haproxy.start", pid=lb.pid, mode=org.config.lb)
+        pid_writer = asyncio.create_task(_keep_pid_file(lb, folder / "haproxy" / "haproxy.pid"))
         poller = asyncio.create_task(StateWatcher(lb, on_lb_change, interval_s=0.05).run())
         (folder / "control.sock").unlink(missing_ok=True)
         await control.startup()
@@ -149,6 +150,8 @@ async def run_lab(folder: Path) -> None:
         await control.shutdown()
     finally:
         await ops.shutdown()
+        if pid_writer is not None:
+            pid_writer.cancel()
         if poller is not None:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -162,6 +165,16 @@ async def run_lab(folder: Path) -> None:
         events.close()
         for name in ("lab.pid", "control.sock"):
             (folder / name).unlink(missing_ok=True)
+
+
+async def _keep_pid_file(lb: HaproxyProcess, path: Path) -> None:
+    """HAProxy's pid in a file, kept current across restarts, so that `lab down` can kill a leftover."""
+    written = None
+    while True:
+        if lb.pid is not None and lb.pid != written:
+            path.write_text(f"{lb.pid}\n")
+            written = lb.pid
+        await asyncio.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> None:

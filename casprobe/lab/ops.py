@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from casprobe.errors import LabError
+from casprobe.lab.haproxy_runtime import HaproxyProcess
 from casprobe.lab.host import ServerHost
 from casprobe.lab.world import LabWorld
 
@@ -31,9 +32,10 @@ log = logging.getLogger(__name__)
 class LabOperations:
     """What ``casprobe lab maintenance|power|switchover`` do, run inside the lab process."""
 
-    def __init__(self, world: LabWorld, hosts: dict[str, ServerHost]) -> None:
+    def __init__(self, world: LabWorld, hosts: dict[str, ServerHost], lb: HaproxyProcess | None = None) -> None:
         self.world = world
         self.hosts = hosts
+        self.lb = lb
         self._busy: set[str] = set()
         self._failovers: dict[str, asyncio.Task[None]] = {}
 
@@ -141,6 +143,23 @@ class LabOperations:
             raise LabError(f"activation of copies on {to} is blocked (it is in maintenance)")
         await self.world.dag.move(database.name, to, "switchover")
         return {"db": database.name, "active": to}
+
+    async def restart_lb(self) -> dict[str, Any]:
+        """Restart HAProxy (stop, start with the same configuration): every connection through the namespace is
+        cut, and for a moment nothing listens on the namespace address."""
+        if self.lb is None:
+            raise LabError("this lab has no load balancer to restart")
+        if "haproxy" in self._busy:
+            raise LabError("HAProxy is already restarting")
+        self._busy.add("haproxy")
+        try:
+            at = time.time()
+            old = self.lb.pid
+            await self.lb.restart()
+            self.world.events.record("haproxy.restart", at=at, pid=self.lb.pid, previous_pid=old)
+            return {"pid": self.lb.pid, "previous_pid": old}
+        finally:
+            self._busy.discard("haproxy")
 
     async def shutdown(self) -> None:
         for task in self._failovers.values():

@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.labkit import LabHandle, start_lab
@@ -89,3 +91,28 @@ def test_passwords_are_shown_only_when_asked(cli_lab: LabHandle) -> None:
     assert secret.stat().st_mode & 0o777 == 0o600
     assert password not in (cli_lab.folder / "profile.toml").read_text()
     assert password not in (cli_lab.folder / "lab.log").read_text()
+
+
+def test_haproxy_restart_cuts_the_namespace_briefly_and_comes_back(cli_lab: LabHandle) -> None:
+    """`lab restart-lb` gives HAProxy a new pid, logs the restart, and the namespace answers again afterwards."""
+    before = int((cli_lab.folder / "haproxy" / "haproxy.pid").read_text())
+    result = casprobe(cli_lab, "restart-lb")
+    assert result.returncode == 0, result.stderr
+    assert f"pid {before} -> " in result.stdout
+    restarts = [e for e in cli_lab.events() if e.kind == "haproxy.restart"]
+    assert restarts
+    assert restarts[-1].get("previous_pid") == before
+    with cli_lab.httpx_client() as client:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.get(cli_lab.url(cli_lab.org.namespace, "/ews/healthcheck.htm")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the namespace did not come back"
+            time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    while int((cli_lab.folder / "haproxy" / "haproxy.pid").read_text()) == before:
+        assert time.monotonic() < deadline, "the pid file follows the restart"
+        time.sleep(0.1)
