@@ -227,7 +227,7 @@ class ProbeClient:
                         on_chunk(chunk)
                     if time.monotonic() > until:
                         raise DeadlineExceeded("the deadline passed while the body was still arriving")
-                body = _decode(response, b"".join(chunks))
+                body = _decode(response, b"".join(chunks), limit)
                 if self.tls is None:
                     self.tls = _tls_facts(response, self.target.name, self.options.tls)
         except (httpx.HTTPError, OSError) as exc:
@@ -290,21 +290,25 @@ class _Chained(Resolver):
         return self._fallback.resolve(name, port, timeout)
 
 
-def _decode(response: httpx.Response, raw: bytes) -> bytes:
-    """Undo Content-Encoding (gzip/deflate) if the server used it; raw bytes otherwise."""
-    encoding = response.headers.get("content-encoding", "").lower()
+def _decode(response: httpx.Response, raw: bytes, limit: int) -> bytes:
+    """Undo Content-Encoding (gzip/deflate) if the server used it, never inflating past ``limit`` (a compression
+    bomb is a BodyTooLarge, not an exhausted memory); raw bytes for any other encoding."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
     if encoding in ("", "identity"):
         return raw
     import zlib
 
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
+    if wbits is None:
+        return raw
+    inflater = zlib.decompressobj(wbits)
     try:
-        if encoding == "gzip":
-            return zlib.decompress(raw, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
-            return zlib.decompress(raw)
+        out = inflater.decompress(raw, limit + 1)
     except zlib.error as exc:
         raise httpx.DecodingError(f"bad {encoding} body") from exc
-    return raw
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise BodyTooLarge(limit)
+    return out
 
 
 def _legs(trace: _Trace) -> tuple[float, ...]:

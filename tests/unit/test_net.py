@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import socket
 import ssl
 import threading
@@ -137,6 +138,10 @@ class _Server:
                 self.stop.wait(30)
             elif self.behaviour == "garbage":
                 conn.sendall(b"\x00\x01NOT HTTP AT ALL\r\n\r\n")
+            elif self.behaviour == "gzip-bomb":
+                bomb = gzip.compress(b"\0" * (64 * 1024 * 1024))
+                head = f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n"
+                conn.sendall(head.encode() + bomb)
             elif self.behaviour == "huge":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 52428800\r\n\r\n")
                 chunk = b"x" * 65536
@@ -180,6 +185,7 @@ def _client(port: int, ca_file: Path, deadline_s: float, name: str = "probe.test
         ("silent", ErrorClass.TIMEOUT, "probe.test"),
         ("garbage", ErrorClass.PROTOCOL, "probe.test"),
         ("huge", ErrorClass.CONTENT, "probe.test"),
+        ("gzip-bomb", ErrorClass.CONTENT, "probe.test"),
         ("silent", ErrorClass.TLS, "other.test"),
     ],
 )
