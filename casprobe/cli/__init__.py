@@ -21,6 +21,10 @@ __all__ = ["cli", "main"]
 _COMMANDS: dict[str, str] = {
     "check": "casprobe.cli.check:check",
     "lab": "casprobe.lab.cli:lab",
+    "watch": "casprobe.cli.watch:watch",
+    "mark": "casprobe.cli.mark:mark",
+    "export": "casprobe.cli.export:export",
+    "analyze": "casprobe.cli.analyze:analyze",
 }
 
 
