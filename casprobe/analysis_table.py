@@ -34,6 +34,11 @@ _MAX_BACKENDS = 12
 _MAX_NAME = 20
 
 
+def _offset(seconds: float) -> str:
+    """A time relative to the run's start: ``+3.8 s``, or ``17.9 s before`` for what happened earlier."""
+    return f"+{seconds:.1f} s" if seconds >= 0 else f"{-seconds:.1f} s before"
+
+
 def seconds(value: float | None) -> str:
     """A duration for people: ``0 s``, ``0.25 s``, ``63.0 s``, ``12 min 5 s``; ``-`` for None."""
     if value is None or not math.isfinite(value):
@@ -64,7 +69,7 @@ def _at(a: RunAnalysis, mono: float | None) -> str:
     if mono is None:
         return "-"
     clock = time.strftime("%H:%M:%S", time.localtime(mono + a.wall_offset))
-    return f"+{mono - a.start:.1f} s ({clock})"
+    return f"{_offset(mono - a.start)} ({clock})"
 
 
 def _where(target: str, kind: TargetKind) -> str:
@@ -181,8 +186,8 @@ def _outages(a: RunAnalysis) -> list[RenderableType]:
         lasted = seconds(o.duration) if o.end_mono is not None else f"≥ {seconds(a.end - o.start_mono)}"
         table.add_row(
             f"{o.target} · {o.probe}",
-            f"+{o.start_mono - a.start:.1f} s",
-            f"+{o.end_mono - a.start:.1f} s" if o.end_mono is not None else Text("still failing", style="red"),
+            _offset(o.start_mono - a.start),
+            _offset(o.end_mono - a.start) if o.end_mono is not None else Text("still failing", style="red"),
             lasted,
             str(o.failures),
             ", ".join(o.error_classes),

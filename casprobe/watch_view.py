@@ -211,9 +211,12 @@ class LiveView:
         )
         if not h.tls_verification:
             title.append("  TLS verification OFF", style="bold red")
-        table = Table(expand=False, pad_edge=False, box=None)
-        for column in ("name", "probe", "state", "latency", "outages", "open for", "skipped", "last failure"):
-            table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=60)
+        table = Table(expand=True, pad_edge=False, box=None)
+        # the short columns keep their width; the last failure's text takes what is left
+        widths = {"name": 10, "probe": 12, "state": 17, "latency": 8, "outages": 7, "open for": 8, "skipped": 7}
+        for column, width in widths.items():
+            table.add_column(column, no_wrap=True, overflow="ellipsis", min_width=width, max_width=max(width, 24))
+        table.add_column("last failure", no_wrap=True, overflow="ellipsis", ratio=1)
         now = time.monotonic()
         for row in self.board.snapshot():
             style = "" if row.success is None else "green" if row.success else "bold red"
