@@ -10,11 +10,10 @@ Times are given as ``+S s`` from the start of the run, with the wall clock (loca
 
 from __future__ import annotations
 
-import io
 import math
 import time
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -22,6 +21,7 @@ from casprobe.analysis import RunAnalysis
 from casprobe.analysis_compare import NEW_CONNECTIONS, SESSIONS, BackendDistribution, Disconnection
 from casprobe.analysis_stats import ALL, RowStats
 from casprobe.analysis_truth import OutageReport
+from casprobe.exporters.console import render_to_text
 from casprobe.model import TargetKind
 
 __all__ = ["WIDTH", "render", "seconds"]
@@ -254,19 +254,8 @@ def _timeline(a: RunAnalysis, dist: BackendDistribution) -> list[RenderableType]
 
 def render(analysis: RunAnalysis, *, color: bool = False, width: int = WIDTH) -> str:
     """The summary as text (ANSI colours only with ``color``)."""
-    buffer = io.StringIO()
-    console = Console(
-        file=buffer,
-        width=width,
-        force_terminal=color,
-        color_system="standard" if color else None,
-        highlight=False,
-        emoji=False,
-        markup=False,
-    )
     parts = _headline(analysis)
     if analysis.result_count:
         parts += _comparison(analysis) + _outages(analysis) + _stats(analysis)
         parts += _timeline(analysis, analysis.backends)
-    console.print(Group(*parts))
-    return buffer.getvalue()
+    return render_to_text([Group(*parts)], width=width, color=color)

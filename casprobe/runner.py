@@ -73,9 +73,12 @@ def _timeout_result(target: Target, probe: str, started_at: float, elapsed: floa
     return _failed(target, probe, started_at, elapsed, ErrorClass.TIMEOUT, detail)
 
 
-def _failed(
-    target: Target, probe: str, started_at: float, elapsed: float, error_class: ErrorClass, detail: str
+def failed_result(
+    target: Target, probe: str, started_mono: float, error_class: ErrorClass, detail: str, *, now: float | None = None
 ) -> ProbeResult:
+    """A result made for a probe that produced none itself (it raised, or was abandoned past its deadline)."""
+    now = time.monotonic() if now is None else now
+    elapsed = max(0.0, now - started_mono)
     severity = Severity.UNKNOWN if error_class is ErrorClass.INTERNAL else Severity.CRITICAL
     step = Step(name=f"{probe} probe", ok=False, detail=detail, error_class=error_class, duration=elapsed)
     return ProbeResult(
@@ -85,13 +88,19 @@ def _failed(
         severity=severity,
         error_class=error_class,
         detail=detail,
-        started_at=started_at,
+        started_at=time.time() - elapsed,
         duration=elapsed,
         phases=PhaseTimings(total=elapsed),
         address=target.address,
         steps=(step,),
-        started_mono=time.monotonic() - elapsed,
+        started_mono=started_mono,
     )
+
+
+def _failed(
+    target: Target, probe: str, started_at: float, elapsed: float, error_class: ErrorClass, detail: str
+) -> ProbeResult:
+    return failed_result(target, probe, time.monotonic() - elapsed, error_class, detail)
 
 
 def _internal_result(target: Target, probe: str, started_at: float, elapsed: float, exc: Exception) -> ProbeResult:

@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from casprobe.model import ErrorClass, LabEventRecord, Marker, PhaseTimings, ProbeResult, Severity, Step, Target
+from casprobe.model import ErrorClass, LabEventRecord, Marker, ProbeResult, Target
 from casprobe.net.resolve import Resolver
 from casprobe.probes import ProbeContext, ProbeFn, ProbeSettings
+from casprobe.runner import failed_result
 
 __all__ = [
     "GRACE_S",
@@ -101,29 +102,6 @@ def probe_job(target: Target, name: str, fn: ProbeFn, settings: ProbeSettings, r
         return fn(ProbeContext(target, settings, resolver, deadline))
 
     return Job(target, name, run)
-
-
-def failed_result(
-    target: Target, probe: str, started_mono: float, error_class: ErrorClass, detail: str, *, now: float
-) -> ProbeResult:
-    """A result the scheduler makes itself (a probe that raised, or one abandoned past its deadline)."""
-    elapsed = max(0.0, now - started_mono)
-    severity = Severity.UNKNOWN if error_class is ErrorClass.INTERNAL else Severity.CRITICAL
-    step = Step(name=f"{probe} probe", ok=False, detail=detail, error_class=error_class, duration=elapsed)
-    return ProbeResult(
-        target=target,
-        probe=probe,
-        success=False,
-        severity=severity,
-        error_class=error_class,
-        detail=detail,
-        started_at=time.time() - elapsed,
-        duration=elapsed,
-        phases=PhaseTimings(total=elapsed),
-        address=target.address,
-        steps=(step,),
-        started_mono=started_mono,
-    )
 
 
 class _Worker:

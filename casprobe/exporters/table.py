@@ -9,14 +9,13 @@ Rendered with rich at 100 columns; text from servers is never interpreted as ric
 
 from __future__ import annotations
 
-import io
-
-from rich.console import Console, Group
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from casprobe.exporters import CheckReport
+from casprobe.exporters.console import render_to_text
 from casprobe.model import ProbeResult, Severity, Step, Target
 
 __all__ = ["WIDTH", "render"]
@@ -106,16 +105,6 @@ def _headline(report: CheckReport) -> Text:
 
 
 def render(report: CheckReport, *, color: bool = False, width: int = WIDTH) -> str:
-    buffer = io.StringIO()
-    console = Console(
-        file=buffer,
-        width=width,
-        force_terminal=color,
-        color_system="standard" if color else None,
-        highlight=False,
-        emoji=False,
-        markup=False,
-    )
     parts: list[Text | Table | Tree] = [_headline(report)]
     if not report.tls_verification:
         parts.append(Text("TLS verification is OFF (--insecure): server certificates were not checked.", "bold red"))
@@ -123,5 +112,4 @@ def render(report: CheckReport, *, color: bool = False, width: int = WIDTH) -> s
     if report.results:
         parts.append(_grid(report))
     parts.extend(_trace(r) for r in report.results if r.severity is not Severity.OK)
-    console.print(Group(*parts))
-    return buffer.getvalue()
+    return render_to_text([Group(*parts)], width=width, color=color)
