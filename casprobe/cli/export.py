@@ -31,7 +31,7 @@ def export(store: Path, fmt: str, output: Path | None) -> None:
     with RunStore.open(store) as run_store:
         if output is None:
             try:
-                stream = click.get_text_stream("stdout")
+                stream = sys.stdout
                 export_store(run_store, fmt, stream)
                 stream.flush()
             except BrokenPipeError:
