@@ -11,6 +11,7 @@ import itertools
 import os
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -102,6 +103,18 @@ class LabHandle:
             yield
         finally:
             socket.getaddrinfo = original  # type: ignore[assignment]
+
+    def wait_lb(self, server: str, *, up: bool, timeout: float = 15.0) -> None:
+        """Wait until HAProxy sees ``server`` UP (or out of rotation) in every backend."""
+        deadline = time.monotonic() + timeout
+        with self.control() as control:
+            while True:
+                states = [s for key, s in control.status()["haproxy"].items() if key.endswith(f"/{server}")]
+                if states and all((s == "UP") == up for s in states):
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"HAProxy's view of {server} is still {states} after {timeout} s")
+                time.sleep(0.1)
 
     def down(self) -> None:
         lab_down(self.folder)

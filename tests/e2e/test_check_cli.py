@@ -101,8 +101,7 @@ def test_maintenance_makes_mb1_critical_and_the_run_exit_2(tmp_path: Path) -> No
     try:
         with lab.control() as control:
             control.maintenance("mb1", "start")
-        config = lab.org.config
-        time.sleep(config.check_inter_ms * config.check_fall / 1000 + 1.0)  # HAProxy drains mb1
+        lab.wait_lb("mb1", up=False)  # HAProxy needs fall × inter to drain mb1
         out = _check("--lab", str(lab.folder), "--format", "json", "--timeout", "10")
         assert out.returncode == 2, out.stderr
         doc = _json(out)

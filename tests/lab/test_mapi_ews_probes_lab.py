@@ -65,8 +65,8 @@ def hosts(lab: LabHandle) -> list[str]:
     return [lab.org.namespace, *(s.fqdn for s in lab.org.servers)]
 
 
-def settle(lab: LabHandle, host: str, budget_s: float = 15.0) -> None:
-    """Wait until both probes succeed through ``host`` (HAProxy needs fall × inter to drain a server)."""
+def until_ok(lab: LabHandle, host: str, budget_s: float = 15.0) -> None:
+    """Wait until both probes succeed through ``host``."""
     deadline = time.monotonic() + budget_s
     while time.monotonic() < deadline:
         if run(lab, "mapi", host).success and run(lab, "ews", host).success:
@@ -126,7 +126,7 @@ def test_maintenance_fails_the_server_name_and_not_the_namespace(own_lab: LabHan
             result = run(lab, probe, mb1)
             assert result.error_class is ErrorClass.HTTP_STATUS, f"{probe}: {result.detail}"
             assert "503" in result.detail
-        settle(lab, lab.org.namespace)
+        lab.wait_lb("mb1", up=False)  # until then a request through the namespace may still reach mb1
         for _ in range(3):
             for probe in ("mapi", "ews"):
                 result = run(lab, probe, lab.org.namespace)
@@ -161,7 +161,7 @@ def test_switchover_is_visible_then_recovers(own_lab: LabHandle) -> None:
     """While alice's database moves: mapi ecMdbNotInit, ews ErrorMailboxStoreUnavailable (protocol); then success."""
     lab = own_lab
     alice = lab.org.users[0]
-    settle(lab, lab.org.namespace)
+    until_ok(lab, lab.org.namespace)
     source = holder(lab).split(".")[0]
     target = next(s for s in lab.org.database(alice.database).copies if s != source)
     errors: list[BaseException] = []
