@@ -25,7 +25,9 @@ from casprobe.lab.events import LabEvent, read_events
 from casprobe.lab.org import LabConfig, Org
 from casprobe.lab.secrets import PasswordBook
 
-_subnets = itertools.count(101 + (os.getpid() % 50) * 2)
+# 127.0.101.x … 127.0.250.x, starting at a point that depends on the pid (two test runs at once rarely meet), and
+# wrapping around: a lab is down long before its /24 comes round again
+_subnets = (101 + (n % 150) for n in itertools.count((os.getpid() % 50) * 3))
 
 TEST_CONFIG = LabConfig(
     check_inter_ms=300,
