@@ -21,7 +21,6 @@ seconds since the run's start.
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import statistics
 from collections.abc import Iterable
@@ -40,6 +39,7 @@ from casprobe.analysis_outages import AnalysisError, Row, check_interval, group_
 from casprobe.analysis_phases import Phases, Window, phases_from_lab_events, phases_from_markers
 from casprobe.analysis_stats import Percentiles, RowStats, row_stats
 from casprobe.analysis_truth import DEFAULT_SLACK_S, OutageReport, TruthEvent, TruthLog, short_server
+from casprobe.exporters.json import run_object
 from casprobe.model import LabEventRecord, Marker, ProbeResult, RunInfo, TargetKind
 
 __all__ = [
@@ -224,34 +224,14 @@ def _percentiles_json(p: Percentiles) -> dict[str, Any]:
     return {"n": p.n, "p50": _num(p.p50), "p90": _num(p.p90), "p99": _num(p.p99), "max": _num(p.max)}
 
 
-def _settings(text: str) -> Any:
-    try:
-        value = json.loads(text) if len(text) < 1_000_000 else None
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _to_json(a: RunAnalysis) -> dict[str, Any]:
     def t(mono: float | None) -> float | None:
         return None if mono is None else _num(mono - a.start)
 
-    run = a.run
     return {
         "format": JSON_FORMAT,
         "version": JSON_VERSION,
-        "run": {
-            "run_id": run.run_id,
-            "started_at": run.started_at,
-            "ended_at": run.ended_at,
-            "casprobe_version": run.casprobe_version,
-            "interval_s": run.interval_s,
-            "targets": list(run.targets),
-            "probes": list(run.probes),
-            "tls_verification": run.tls_verification,
-            "host": run.host,
-            "settings": _settings(run.settings),
-        },
+        "run": run_object(a.run),
         "clock": a.clock,
         "start": _num(a.start),
         "end": _num(a.end),

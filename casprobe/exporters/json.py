@@ -22,9 +22,9 @@ import json
 from typing import Any
 
 from casprobe.exporters import CheckReport
-from casprobe.model import ProbeResult, Severity
+from casprobe.model import ProbeResult, RunInfo, Severity
 
-__all__ = ["SCHEMA_VERSION", "document", "render", "result_object"]
+__all__ = ["SCHEMA_VERSION", "document", "render", "result_object", "run_object"]
 
 SCHEMA_VERSION = 1
 
@@ -45,6 +45,27 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(key): _plain(item) for key, item in value.items()}
     return value
+
+
+def run_object(run: RunInfo) -> dict[str, Any]:
+    """Every field of a run's RunInfo as JSON-ready data; its settings as the JSON object they hold (the raw text
+    if they somehow are not one, so that nothing is lost)."""
+    try:
+        settings: Any = json.loads(run.settings) if len(run.settings) < 1_000_000 else run.settings
+    except (ValueError, RecursionError):
+        settings = run.settings
+    return {
+        "run_id": run.run_id,
+        "started_at": run.started_at,
+        "ended_at": run.ended_at,
+        "casprobe_version": run.casprobe_version,
+        "interval_s": run.interval_s,
+        "targets": list(run.targets),
+        "probes": list(run.probes),
+        "tls_verification": run.tls_verification,
+        "settings": settings if isinstance(settings, dict) else run.settings,
+        "host": run.host,
+    }
 
 
 def result_object(result: ProbeResult) -> dict[str, Any]:

@@ -38,7 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
-from casprobe.exporters.json import result_object
+from casprobe.exporters.json import result_object, run_object
 from casprobe.model import ProbeResult
 from casprobe.store import RunStore
 
@@ -92,16 +92,7 @@ def _jsonl(store: RunStore, out: TextIO) -> None:
                 "type": "run",
                 "store_schema_version": int(store.meta.get("schema_version", store.SCHEMA_VERSION)),
                 "store_created_by": store.meta.get("created_by"),
-                "run_id": run.run_id,
-                "started_at": run.started_at,
-                "ended_at": run.ended_at,
-                "casprobe_version": run.casprobe_version,
-                "interval_s": run.interval_s,
-                "targets": list(run.targets),
-                "probes": list(run.probes),
-                "tls_verification": run.tls_verification,
-                "settings": _json_or_text(run.settings),
-                "host": run.host,
+                **run_object(run),
             }
         )
     )

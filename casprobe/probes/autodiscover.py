@@ -103,9 +103,7 @@ def naming_of(host: str, ctx: ProbeContext) -> Naming:
 
 
 def probe(ctx: ProbeContext) -> ProbeResult:
-    mailbox = ctx.settings.mailbox
-    if not mailbox or "@" not in mailbox:
-        raise ConfigError("the autodiscover probe needs a mailbox SMTP address (user@domain)")
+    mailbox = ctx.mailbox("autodiscover")
     rec = Recorder(ctx, "autodiscover")
     try:
         return _run(ctx, rec, mailbox)

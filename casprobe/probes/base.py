@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from casprobe.errors import ConfigError
 from casprobe.model import ErrorClass, PhaseTimings, ProbeResult, Severity, Step, Target, TlsFacts
 from casprobe.net.resolve import Resolver
 from casprobe.net.transport import Exchange, ProbeClient, TransportOptions, classify
@@ -66,6 +67,13 @@ class ProbeContext:
     settings: ProbeSettings
     resolver: Resolver
     deadline: float
+
+    def mailbox(self, probe: str) -> str:
+        """The mailbox a probe acts as; a probe that needs one and has none is a configuration error."""
+        mailbox = self.settings.mailbox
+        if not mailbox or "@" not in mailbox:
+            raise ConfigError(f"the {probe} probe needs a mailbox SMTP address (user@domain)")
+        return mailbox
 
     def client(self, target: Target | None = None, *, auth: object = None) -> ProbeClient:
         """A fresh HTTP client for this probe (or for another name it must visit, e.g. a redirect target)."""

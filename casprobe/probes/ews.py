@@ -60,9 +60,7 @@ def classify_code(code: str | None) -> ErrorClass:
 
 
 def probe(ctx: ProbeContext) -> ProbeResult:
-    mailbox = ctx.settings.mailbox
-    if not mailbox or "@" not in mailbox:
-        raise ConfigError("the ews probe needs a mailbox SMTP address (user@domain)")
+    mailbox = ctx.mailbox("ews")
     rec = Recorder(ctx, "ews")
     caller = _Caller(rec, mailbox, auth_for(ctx.settings))
     try:

@@ -44,9 +44,7 @@ _MIN_WAIT_S = 0.5  # a NotificationWait shorter than this is not worth sending
 
 
 def probe(ctx: ProbeContext) -> ProbeResult:
-    mailbox = ctx.settings.mailbox
-    if not mailbox or "@" not in mailbox:
-        raise ConfigError("the mapi probe needs a mailbox SMTP address (user@domain)")
+    mailbox = ctx.mailbox("mapi")
     rec = Recorder(ctx, "mapi")
     try:
         return _run(ctx, rec, mailbox)
