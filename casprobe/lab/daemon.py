@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -68,18 +69,32 @@ async def run_lab(folder: Path) -> None:
             connection_ttl_s=130.0,  # a little above the keep-alive timeout (IIS: 120 s)
         )
         cert_der = cert_der_from_pem(cert)
+        auth_layers: list[AuthMiddleware] = []
 
-        def wrap(app: Any, auth_config: AuthConfig = auth_config, cert_der: bytes = cert_der) -> Any:
-            return AuthMiddleware(
+        def wrap(
+            app: Any,
+            auth_config: AuthConfig = auth_config,
+            cert_der: bytes = cert_der,
+            layers: list[AuthMiddleware] = auth_layers,
+        ) -> Any:
+            layer = AuthMiddleware(
                 app,
                 auth_config,
                 server_cert_der=cert_der,
                 verify_basic=book.verify_basic,
                 is_anonymous=is_anonymous_path,
             )
+            layers.append(layer)
+            return layer
+
+        def forget(key: Hashable, layers: list[AuthMiddleware] = auth_layers) -> None:
+            for layer in layers:
+                layer.forget_connection(key)
 
         app = build_server_app(world, server.name, gate=gate, route_factories=factories, auth=wrap)
-        hosts[server.name] = ServerHost(server.name, server.address, server.port, app, cert, key, gate)
+        hosts[server.name] = ServerHost(
+            server.name, server.address, server.port, app, cert, key, gate, on_connection=forget
+        )
 
     (folder / "haproxy").mkdir(exist_ok=True)
     lb = HaproxyProcess(

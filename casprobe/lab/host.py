@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -24,7 +26,41 @@ from starlette.types import ASGIApp
 from casprobe.errors import LabError
 from casprobe.lab.servers import Gate
 
-__all__ = ["ServerHost"]
+__all__ = ["ConnectionHook", "ServerHost", "tracking_protocol"]
+
+#: Called with a TCP connection's key ``((peer_ip, peer_port), (local_ip, local_port))``, the same key the auth
+#: middleware derives from the ASGI scope, when that connection opens and when it closes.
+ConnectionHook = Callable[[Hashable], None]
+
+
+def tracking_protocol(base: type[Any], hook: ConnectionHook) -> type[Any]:
+    """Subclass uvicorn's HTTP protocol so the end of a TCP connection reaches ``hook`` (ASGI never says).
+
+    The hook also runs when a connection *opens*: a new connection on a 4-tuple means whatever was recorded for the
+    previous one is stale, even if its close was missed. Without this a record could outlive its connection and a
+    later connection that happens to reuse the source port would inherit its NTLM identity.
+    """
+
+    class TrackingProtocol(base):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            _notify(hook, self)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            _notify(hook, self)
+            super().connection_lost(exc)
+
+    return TrackingProtocol
+
+
+def _notify(hook: ConnectionHook, protocol: Any) -> None:
+    client, server = getattr(protocol, "client", None), getattr(protocol, "server", None)
+    if client:
+        try:
+            hook((tuple(client), tuple(server) if server else None))
+        except Exception:  # a bookkeeping bug must never take a connection down
+            log.exception("connection hook failed")
+
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +84,19 @@ def _listen(address: str, port: int, backlog: int) -> socket.socket:
 class ServerHost:
     """Runs one server's ASGI app on its own address and switches its power."""
 
-    def __init__(self, name: str, address: str, port: int, app: ASGIApp, cert: Path, key: Path, gate: Gate) -> None:
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        port: int,
+        app: ASGIApp,
+        cert: Path,
+        key: Path,
+        gate: Gate,
+        on_connection: ConnectionHook | None = None,
+    ) -> None:
         self.name, self.address, self.port = name, address, port
+        self._on_connection = on_connection
         self._app, self._cert, self._key, self._gate = app, cert, key, gate
         self._server: uvicorn.Server | None = None
         self._sock: socket.socket | None = None
@@ -73,6 +120,8 @@ class ServerHost:
             headers=[("Server", "Microsoft-IIS/10.0"), ("X-Powered-By", "ASP.NET")],
         )
         config.load()
+        if self._on_connection is not None:
+            config.http_protocol_class = tracking_protocol(config.http_protocol_class, self._on_connection)
         self._sock = _listen(self.address, self.port, 1024)
         server = uvicorn.Server(config)
         server.lifespan = config.lifespan_class(config)

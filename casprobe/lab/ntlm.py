@@ -195,6 +195,11 @@ class AuthMiddleware:
         if {"NTLM", "Negotiate"} & set(config.offered) and not os.path.isfile(os.environ.get("NTLM_USER_FILE", "")):
             _log.warning("NTLM/Negotiate offered but NTLM_USER_FILE does not name a file: handshakes will fail")
 
+    def forget_connection(self, key: Hashable) -> None:
+        """Drop what is recorded for a TCP connection that opened afresh or closed (see ``ServerHost``)."""
+        self._pending.pop(key)
+        self._authed.pop(key)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind not in ("http", "websocket") or self._is_anonymous(scope.get("path", "")):

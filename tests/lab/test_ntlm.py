@@ -34,6 +34,7 @@ from spnego.channel_bindings import GssChannelBindings
 from starlette.routing import Mount, Router
 from starlette.types import Receive, Scope, Send
 
+from casprobe.lab.host import tracking_protocol
 from casprobe.lab.ntlm import AuthConfig, AuthMiddleware, channel_bindings_for, format_user_file_line
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(60)]
@@ -123,7 +124,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             "neg": vdir(("Negotiate",), True),
         }
         app = Router(routes=[Mount(f"/{name}", app=mw) for name, mw in vdirs.items()])
-        server = uvicorn.Server(uvicorn.Config(app, **server_options))
+        config = uvicorn.Config(app, **server_options)
+        config.load()
+
+        def forget(key: Any) -> None:
+            for layer in vdirs.values():
+                layer.forget_connection(key)
+
+        config.http_protocol_class = tracking_protocol(config.http_protocol_class, forget)
+        server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         deadline = time.monotonic() + 10
@@ -178,14 +187,19 @@ def client_context(lab: Lab) -> ssl.SSLContext:
 class RawConnection:
     """One TLS connection to the lab speaking minimal HTTP/1.1, so tests control exactly what goes on it."""
 
-    def __init__(self, lab: Lab) -> None:
-        raw = socket.create_connection((ADDR, lab.port), timeout=20)
+    def __init__(self, lab: Lab, source_port: int = 0) -> None:
+        raw = socket.create_connection((ADDR, lab.port), timeout=20, source_address=("127.0.0.1", source_port))
         self.sock = client_context(lab).wrap_socket(raw, server_hostname=NAME)
         self.reader = self.sock.makefile("rb")
 
     def close(self) -> None:
         self.reader.close()
         self.sock.close()
+
+    def reset(self) -> None:
+        """Close with a TCP reset (SO_LINGER 0): no TIME_WAIT, so the same source port can connect again at once."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.close()
 
     def peer_bindings(self) -> GssChannelBindings:
         return channel_bindings_for(self.sock.getpeercert(True) or b"")
@@ -315,6 +329,33 @@ def test_iis_connection_semantics_raw(raw: Callable[[], RawConnection]) -> None:
     # a new type 1 on the authenticated connection restarts the handshake and a failure unauthenticates it
     assert raw_ntlm(conn, "/ep/ews", password="not-it")[0] == 401
     assert conn.request("/ep/ews")[0] == 401
+
+
+def test_a_new_connection_on_the_same_source_port_is_not_authenticated(lab: Lab) -> None:
+    """The identity belongs to the TCP connection, not to its 4-tuple: a later connection reusing the client's
+    source port (as a load balancer's server-side connections can) starts unauthenticated.
+
+    ASGI never signals a closed connection; the lab learns it from uvicorn's protocol (``tracking_protocol``)."""
+    first = RawConnection(lab)
+    port = first.sock.getsockname()[1]
+    assert raw_ntlm(first, "/ep/ews")[0] == 200
+    assert first.request("/ep/ews")[0] == 200
+    first.reset()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            again = RawConnection(lab, source_port=port)
+            break
+        except OSError:  # the reset may take a moment to free the port
+            assert time.monotonic() < deadline, "source port never became free"
+            time.sleep(0.05)
+    try:
+        assert again.sock.getsockname()[1] == port
+        status, headers, _ = again.request("/ep/ews")
+        assert status == 401
+        assert challenges(headers) == [b"Negotiate", b"NTLM"]
+    finally:
+        again.close()
 
 
 @pytest.mark.usefixtures("pinned", "quiet_server")
