@@ -13,10 +13,13 @@ from enum import IntEnum, StrEnum
 __all__ = [
     "ErrorClass",
     "LabEventRecord",
+    "LoadDisconnect",
+    "LoadRun",
     "Marker",
     "Outage",
     "PhaseTimings",
     "ProbeResult",
+    "RequestStat",
     "RunInfo",
     "Severity",
     "Step",
@@ -299,3 +302,70 @@ class Outage:
     @property
     def duration(self) -> float | None:
         return None if self.end_mono is None else self.end_mono - self.start_mono
+
+
+@dataclass(frozen=True, slots=True)
+class LoadDisconnect:
+    """One interval in which one simulated client of a load run could not work (locustfiles/, issue 5).
+
+    It opens at the client's first failed request and closes at its first successful request after that (for the
+    Outlook user: an Execute, the request that does work; a Connect alone is not yet work).
+
+    Attributes:
+        cohort: ``namespace`` or the server label (``mb1``) whose own name the client was given; user: the
+        simulated client's id; client: ``outlook`` (MAPI/HTTP) or ``mac`` (EWS); name: the host it used;
+        started_at / ended_at: wall clock (``ended_at`` None = still cut off when the load stopped); failures:
+        requests that failed in it; error_classes: the classes seen, in order of first appearance; detail: the
+        first failure's description.
+    """
+
+    cohort: str
+    user: str
+    client: str
+    name: str
+    started_at: float
+    ended_at: float | None
+    failures: int
+    error_classes: tuple[str, ...]
+    detail: str = ""
+
+    def duration(self, run_end: float) -> float:
+        """Seconds cut off; an interval still open counts up to ``run_end``."""
+        end = self.ended_at if self.ended_at is not None else max(run_end, self.started_at)
+        return max(0.0, end - self.started_at)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStat:
+    """Locust's figures for one request type of a load run (times in milliseconds; None when nothing was timed).
+
+    Attributes: kind (Locust's request type, e.g. ``MAPI``), name (``Execute``), count, failures, median_ms,
+    p95_ms, max_ms.
+    """
+
+    kind: str
+    name: str
+    count: int
+    failures: int
+    median_ms: float | None = None
+    p95_ms: float | None = None
+    max_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRun:
+    """A load run as a run store keeps it, beside the probes' results.
+
+    Attributes:
+        started_at / ended_at: wall clock; source: what generated it (``locust 2.47.0, 2 workers``); cohorts:
+        (cohort, simulated clients) pairs; stats: Locust's per-request-type figures; settings: the rest as a JSON
+        object text (never a secret); id: the store's number for it (0 before it is stored).
+    """
+
+    started_at: float
+    ended_at: float
+    source: str
+    cohorts: tuple[tuple[str, int], ...]
+    stats: tuple[RequestStat, ...] = ()
+    settings: str = "{}"
+    id: int = 0

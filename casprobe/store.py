@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Self
 
 from casprobe import __version__
 from casprobe.errors import CasprobeError
-from casprobe.model import LabEventRecord, Marker, ProbeResult, RunInfo
+from casprobe.model import LabEventRecord, LoadDisconnect, LoadRun, Marker, ProbeResult, RunInfo
 from casprobe.store_codec import (
     RESULT_COLUMNS,
     RUN_COLUMNS,
@@ -43,6 +43,14 @@ from casprobe.store_codec import (
     decode_run,
     encode_result,
     encode_run,
+)
+from casprobe.store_load import (
+    DISCONNECT_COLUMNS,
+    LOAD_RUN_COLUMNS,
+    decode_disconnect,
+    decode_load_run,
+    encode_disconnect,
+    encode_load_run,
 )
 from casprobe.store_schema import FORMAT, MIGRATIONS, SCHEMA, SCHEMA_VERSION
 
@@ -306,6 +314,25 @@ class RunStore:
             conn.execute("COMMIT")
             return conn.total_changes - before
 
+    def add_load_run(self, run: LoadRun, disconnects: Iterable[LoadDisconnect]) -> int:
+        """Store a load run and its disconnect records in one transaction; returns the run's id."""
+        try:
+            row = encode_load_run(run)
+            rows = [encode_disconnect(d) for d in disconnects]
+        except StoreDataError as exc:
+            raise StoreError(f"{self.path}: cannot store the load run: {exc}") from None
+        with self._use("write a load run", write=True) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            cursor = conn.execute(
+                f"INSERT INTO load_runs ({', '.join(LOAD_RUN_COLUMNS[1:])}) VALUES (?,?,?,?,?,?)", row
+            )
+            ident = int(cursor.lastrowid or 0)
+            columns = ", ".join(("load_run", *DISCONNECT_COLUMNS))
+            marks = ", ".join("?" * (len(DISCONNECT_COLUMNS) + 1))
+            conn.executemany(f"INSERT INTO load_disconnects ({columns}) VALUES ({marks})", [(ident, *r) for r in rows])
+            conn.execute("COMMIT")
+        return ident
+
     def finish(self, ended_at: float) -> None:
         """Record the end of the run (``time.time()``)."""
         with self._use("record the end of the run", write=True) as conn:
@@ -370,6 +397,28 @@ class RunStore:
         with self._use("read lab events") as conn:
             rows = conn.execute("SELECT seq, wall, mono, kind, data FROM lab_events ORDER BY seq").fetchall()
         return [LabEventRecord(seq=r[0], wall=r[1], mono=r[2], kind=r[3], data=r[4]) for r in rows]
+
+    def load_runs(self) -> list[LoadRun]:
+        """The load runs, oldest first."""
+        with self._use("read load runs") as conn:
+            rows = conn.execute(f"SELECT {', '.join(LOAD_RUN_COLUMNS)} FROM load_runs ORDER BY id").fetchall()
+        try:
+            return [decode_load_run(r) for r in rows]
+        except StoreDataError as exc:
+            raise StoreError(f"{self.path}: damaged load run: {exc}") from None
+
+    def load_disconnects(self, load_run: int | None = None) -> list[LoadDisconnect]:
+        """The disconnect records of one load run (every run's when None), by cohort then start."""
+        query = f"SELECT {', '.join(DISCONNECT_COLUMNS)} FROM load_disconnects"
+        params: tuple[int, ...] = ()
+        if load_run is not None:
+            query, params = query + " WHERE load_run = ?", (load_run,)
+        with self._use("read load disconnects") as conn:
+            rows = conn.execute(query + " ORDER BY load_run, cohort, started_at, id", params).fetchall()
+        try:
+            return [decode_disconnect(r) for r in rows]
+        except StoreDataError as exc:
+            raise StoreError(f"{self.path}: damaged disconnect record: {exc}") from None
 
     def integrity_check(self) -> list[str]:
         """SQLite's ``PRAGMA integrity_check``: ``["ok"]`` for a sound file, else what is wrong."""

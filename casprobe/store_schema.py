@@ -17,6 +17,7 @@ Layout (version 1)::
             phases JSON, tls JSON, steps JSON, facts JSON, auth JSON, target JSON)
     markers(id, wall, mono, text, source)
     lab_events(seq PRIMARY KEY, wall, mono, kind, data)
+    load_runs, load_disconnects             (version 2: see casprobe.store_load)
 
 Version history:
 
@@ -24,6 +25,7 @@ Version history:
   with ``started_mono`` 0.0, "unknown" in the model, and keep their insertion order), no ``lab_events`` table,
   results indexed on (target_name, probe, started_at).
 - 1: adds ``results.started_mono`` with its index and the ``lab_events`` table.
+- 2: adds the load tables ``load_runs`` and ``load_disconnects`` (:mod:`casprobe.store_load`).
 
 :data:`MIGRATIONS` maps a version n to the statements that turn an n store into an n + 1 store; the store runs
 them in one transaction (in place when opened for writing, on an in-memory copy when opened read-only).
@@ -31,10 +33,12 @@ them in one transaction (in place when opened for writing, on an in-memory copy 
 
 from __future__ import annotations
 
+from casprobe.store_load import LOAD_TABLES
+
 __all__ = ["FORMAT", "MIGRATIONS", "SCHEMA", "SCHEMA_V0", "SCHEMA_VERSION"]
 
 FORMAT = "casprobe-run-store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _RESULTS_COLUMNS = """
     id INTEGER PRIMARY KEY,
@@ -106,6 +110,7 @@ SCHEMA: tuple[str, ...] = (
     f"CREATE TABLE results ({_RESULTS_COLUMNS.format(started_mono='started_mono REAL NOT NULL,')})",
     *_RESULT_INDEXES,
     *_LAB_EVENTS,
+    *LOAD_TABLES,
 )
 """The statements that create an empty version-:data:`SCHEMA_VERSION` store (the meta rows are added apart)."""
 
@@ -123,5 +128,6 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         *_RESULT_INDEXES,
         *_LAB_EVENTS,
     ),
+    1: LOAD_TABLES,
 }
 """Version n → the statements that make it version n + 1."""

@@ -245,7 +245,7 @@ def test_the_file_is_a_wal_store_with_meta_and_the_lookup_index(store: RunStore)
     assert store._conn is not None
     assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert meta["format"] == FORMAT
-    assert meta["schema_version"] == str(RunStore.SCHEMA_VERSION) == "1"
+    assert meta["schema_version"] == str(RunStore.SCHEMA_VERSION) == "2"
     assert meta["created_by"] == __version__
     assert index == ["target_name", "probe", "started_mono"]
     assert {"meta", "run", "results", "markers", "lab_events"} <= tables
@@ -400,7 +400,7 @@ def test_a_version_0_store_is_upgraded_when_opened_for_writing(tmp_path: Path) -
         store.add_result(rich_result(7.0))
         assert [r.started_mono for r in store.results()] == [0.0, 7.0]
     meta = _meta(path)
-    assert (meta["schema_version"], meta["migrated_from"], meta["migrated_by"]) == ("1", "0", __version__)
+    assert (meta["schema_version"], meta["migrated_from"], meta["migrated_by"]) == ("2", "0", __version__)
     with RunStore.open(path) as again:
         assert again.integrity_check() == ["ok"]
         assert len(again.lab_events()) == 1
@@ -411,12 +411,12 @@ def test_a_store_of_a_newer_schema_is_refused_naming_the_version(tmp_path: Path)
     path = tmp_path / "new.db"
     RunStore.create(path, run_info()).close()
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     conn.execute("UPDATE meta SET value = '9.9.0' WHERE key = 'created_by'")
     conn.commit()
     conn.close()
     for readonly in (True, False):
-        with pytest.raises(StoreError, match=r"schema version 2 is newer .*version 1.*casprobe 9\.9\.0"):
+        with pytest.raises(StoreError, match=r"schema version 3 is newer .*version 2.*casprobe 9\.9\.0"):
             RunStore.open(path, readonly=readonly)
 
 
@@ -572,3 +572,48 @@ def test_a_writable_open_of_a_store_being_written_adds_a_marker_it_sees(tmp_path
         watch.add_result(plain_result(2.0))
         assert [m.text for m in watch.markers()] == ["mb1 maintenance start"]
         assert watch.result_count() == 2
+
+
+def test_load_runs_and_disconnects_round_trip_and_a_v1_store_gains_the_tables(tmp_path: Path) -> None:
+    """A load run and its disconnect records come back as stored; a version-1 store is migrated to hold them."""
+    from casprobe.model import LoadDisconnect, LoadRun, RequestStat
+
+    path = tmp_path / "run.db"
+    with RunStore.create(path, run_info()) as store:
+        run = LoadRun(
+            10.0,
+            70.0,
+            "locust 2.47.0",
+            (("namespace", 7), ("mb1", 3)),
+            (RequestStat("MAPI", "Execute", 900, 12, 4.5, 20.0, 310.0), RequestStat("MAPI", "PING", 5, 0)),
+            '{"users": 10}',
+        )
+        records = [
+            LoadDisconnect("mb1", "outlook-3", "outlook", "mb1.lab.test", 20.0, None, 40, ("connect", "timeout")),
+            LoadDisconnect("namespace", "outlook-1", "outlook", "outlook.lab.test", 21.0, 23.5, 2, ("protocol",), "x"),
+        ]
+        ident = store.add_load_run(run, records)
+        assert ident == 1
+    with RunStore.open(path) as store:
+        (back,) = store.load_runs()
+        assert back == LoadRun(run.started_at, run.ended_at, run.source, run.cohorts, run.stats, run.settings, id=1)
+        got = store.load_disconnects(ident)
+        assert got == sorted(records, key=lambda d: (d.cohort, d.started_at))
+        assert (got[0].duration(70.0), got[1].duration(70.0)) == (50.0, 2.5)
+        assert store.load_disconnects(2) == []
+    bad = LoadDisconnect("mb1", "u", "outlook", "n", 5.0, 4.0, 1, ())
+    with RunStore.create(tmp_path / "b.db", run_info()) as store, pytest.raises(StoreError, match="end before"):
+        store.add_load_run(run, [bad])
+    old = tmp_path / "v1.db"
+    RunStore.create(old, run_info()).close()
+    conn = sqlite3.connect(old)
+    conn.execute("DROP TABLE load_disconnects")
+    conn.execute("DROP TABLE load_runs")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with RunStore.open(old) as store:  # read-only: upgraded in memory
+        assert store.load_runs() == []
+    with RunStore.open(old, readonly=False) as store:
+        store.add_load_run(run, records)
+        assert len(store.load_disconnects()) == 2

@@ -180,7 +180,7 @@ def test_export_jsonl_has_the_run_then_results_markers_and_lab_events(
     lines = [json.loads(line) for line in out.splitlines()]
     assert [line["type"] for line in lines] == ["run", "result", "result", "marker", "lab_event", "lab_event"]
     run = lines[0]
-    assert (run["run_id"], run["ended_at"], run["store_schema_version"]) == ("run-1", 1_700_000_030.0, 1)
+    assert (run["run_id"], run["ended_at"], run["store_schema_version"]) == ("run-1", 1_700_000_030.0, 2)
     assert run["settings"] == {"namespace": "outlook.lab.test"}
     assert lines[1] == {"type": "result", **json.loads(json.dumps(result_object(_result(10.0))))}
     assert lines[2]["detail"] == 'HTTP 503, "draining", naïve'
