@@ -7,13 +7,15 @@ credentials *reference* (a password file), never a password.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
 from casprobe.lab.org import Org
 from casprobe.lab.secrets import PasswordBook
 
-__all__ = ["render_profile", "write_profile"]
+__all__ = ["render_accounts", "render_profile", "write_profile"]
 
 
 def _s(value: str) -> str:
@@ -44,9 +46,24 @@ def render_profile(org: Org, folder: Path, book: PasswordBook) -> str:
     return "\n".join(lines)
 
 
-def write_profile(org: Org, folder: Path, book: PasswordBook) -> Path:
-    path = folder / "profile.toml"
+def render_accounts(org: Org, book: PasswordBook) -> str:
+    """``accounts.csv``: every lab mailbox for load runs (``casprobe load``), passwords by file reference only."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["smtp", "user", "password_file"])
+    writer.writerows([u.smtp, f"{org.netbios}\\{u.alias}", str(book.password_file(u.alias))] for u in org.users)
+    return out.getvalue()
+
+
+def _write(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(render_profile(org, folder, book), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def write_profile(org: Org, folder: Path, book: PasswordBook) -> Path:
+    """Write ``profile.toml`` (and ``accounts.csv`` beside it); returns the profile's path."""
+    path = folder / "profile.toml"
+    _write(path, render_profile(org, folder, book))
+    _write(folder / "accounts.csv", render_accounts(org, book))
     return path

@@ -14,7 +14,7 @@ connection) and what a long-lived MAPI session does.
     ssl.SSLCertVerificationError, ssl.SSLError  → tls
     httpx.ConnectError (refused, unreachable)   → connect
     httpx.ReadError / WriteError (reset)        → connect
-    httpx.RemoteProtocolError, UnsupportedProtocol, TooManyRedirects → protocol
+    httpx.RemoteProtocolError, MalformedHttp, UnsupportedProtocol, TooManyRedirects → protocol
     BodyTooLarge                                → content
     anything else                               → internal (a bug)
 """
@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -42,6 +42,8 @@ __all__ = [
     "BodyTooLarge",
     "DeadlineExceeded",
     "Exchange",
+    "HttpClient",
+    "MalformedHttp",
     "ProbeClient",
     "TransportOptions",
     "classify",
@@ -59,6 +61,10 @@ class BodyTooLarge(Exception):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"response body larger than {limit} bytes")
+
+
+class MalformedHttp(Exception):
+    """The server's bytes are not HTTP/1.1 as RFC 9112 has it (raised by :mod:`casprobe.net.wire`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,30 @@ class Exchange:
     tls: TlsFacts | None
     fe_server: str | None
     be_server: str | None
+
+
+class HttpClient(Protocol):
+    """What a protocol session needs of an HTTP client: :class:`ProbeClient` (probes) and
+    :class:`~casprobe.net.wire.WireClient` (load) both are one."""
+
+    @property
+    def options(self) -> TransportOptions: ...
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        max_body: int | None = None,
+        auth: httpx.Auth | None = None,
+        timeout_s: float | None = None,
+        deadline: float | None = None,
+        on_chunk: Callable[[bytes], None] | None = None,
+    ) -> Exchange: ...
+
+    def close(self) -> None: ...
 
 
 class ProbeClient:
@@ -372,7 +402,7 @@ def classify(exc: BaseException) -> tuple[ErrorClass, str]:
             return ErrorClass.PROTOCOL, "too many redirects"
         if isinstance(item, httpx.UnsupportedProtocol):
             return ErrorClass.PROTOCOL, f"unsupported URL scheme: {item}"
-        if isinstance(item, httpx.RemoteProtocolError | httpx.LocalProtocolError | httpx.DecodingError):
+        if isinstance(item, httpx.RemoteProtocolError | httpx.LocalProtocolError | httpx.DecodingError | MalformedHttp):
             return ErrorClass.PROTOCOL, f"malformed HTTP from the server: {item}"
         if isinstance(item, httpx.HTTPError):
             return ErrorClass.CONNECT, str(item)

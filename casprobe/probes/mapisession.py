@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import httpx
 
 from casprobe.model import ErrorClass
-from casprobe.net.transport import DeadlineExceeded, Exchange, ProbeClient, classify
+from casprobe.net.transport import DeadlineExceeded, Exchange, HttpClient, classify
 from casprobe.probes.authflow import last_report
 from casprobe.probes.mapireply import (
     MEDIA_TYPE,
@@ -93,7 +93,8 @@ class MapiMailbox:
 
 
 class MapiSession:
-    """One session context on the EMSMDB endpoint of one mailbox, over one :class:`ProbeClient`.
+    """One session context on the EMSMDB endpoint of one mailbox, over one HTTP client
+    (:class:`~casprobe.net.transport.ProbeClient` for probes, :class:`~casprobe.net.wire.WireClient` for load).
 
     ``auth`` goes with every request and its report is read after each (NTLM state lives in the client's
     connections). After a Connect: ``cookies``, ``server_application``, ``expiration_ms``, ``pending_period_ms``;
@@ -102,7 +103,7 @@ class MapiSession:
 
     def __init__(
         self,
-        client: ProbeClient,
+        client: HttpClient,
         mailbox: MapiMailbox,
         *,
         auth: httpx.Auth | None = None,

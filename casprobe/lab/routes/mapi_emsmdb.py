@@ -204,6 +204,9 @@ async def _disconnect(call: MapiCall) -> Response:
     return await end_context(call, DisconnectRequest, DisconnectResponse(error_code=0).encode())
 
 
+_ALIVE_CHECK_S = 1.0
+
+
 async def _notification_wait(call: MapiCall) -> Response:
     try:
         NotificationWaitRequest.decode(call.body)
@@ -221,6 +224,7 @@ async def _notification_wait(call: MapiCall) -> Response:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + world.config.notification_wait_s
             code, pending = 0, False
+            last_beat = loop.time()
             while True:
                 if not store.alive(session):
                     code = ResponseCode.CONTEXT_NOT_FOUND
@@ -228,12 +232,18 @@ async def _notification_wait(call: MapiCall) -> Response:
                 if world.change_counter(session.user) > since:
                     pending = True
                     break
-                remaining = deadline - loop.time()
+                now = loop.time()
+                remaining = deadline - now
                 if remaining <= 0 or wake.is_set():
                     break
-                changed = await wait_either(world.wait_for_change(session.user, since, min(remaining, period)), wake)
-                if not changed and not wake.is_set() and deadline - loop.time() > 0:
+                beat_in = last_beat + period - now
+                if beat_in <= 0:
                     yield PENDING
+                    last_beat = now
+                    continue
+                # wake at least every _ALIVE_CHECK_S: a database move ends the wait with code 10 within that
+                slice_s = min(remaining, beat_in, _ALIVE_CHECK_S)
+                await wait_either(world.wait_for_change(session.user, since, slice_s), wake)
             if code:
                 yield done_block(call, b"", response_code=code)
             else:
