@@ -25,6 +25,9 @@ _COMMANDS: dict[str, str] = {
     "mark": "casprobe.cli.mark:mark",
     "export": "casprobe.cli.export:export",
     "analyze": "casprobe.cli.analyze:analyze",
+    "compare": "casprobe.cli.compare:compare",
+    "report": "casprobe.cli.report:report",
+    "load": "casprobe.cli.load:load",
 }
 
 
