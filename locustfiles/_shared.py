@@ -171,8 +171,12 @@ class LoadState:
         self.requests: dict[str, int] = {}
         self.failures: dict[str, int] = {}
         self.started_at = time.time()
-        runner = environment.runner
-        self.tag = f"w{runner.worker_index}" if isinstance(runner, WorkerRunner) else "l"
+
+    @property
+    def tag(self) -> str:
+        """The process's part of a user id: ``w<index>`` on a worker (known once the master accepted it), ``l``."""
+        runner = self.environment.runner
+        return f"w{runner.worker_index}" if isinstance(runner, WorkerRunner) else "l"
 
     @property
     def coordinating(self) -> bool:
@@ -234,13 +238,9 @@ def report(environment: Environment, request: RequestReport) -> None:
         name=request.name,
         response_time=request.elapsed_ms,
         response_length=request.size,
-        exception=None if request.error is None else RequestFailed(request.error),
+        exception=request.error,  # a str: Locust's failure table shows it as is ("connect: connection refused")
         context={"cohort": request.cohort},
     )
-
-
-class RequestFailed(Exception):
-    """A request that failed, as Locust's failure table shows it: ``class: detail``."""
 
 
 def _pin_names(resolver: Resolver) -> None:

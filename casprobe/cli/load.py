@@ -90,6 +90,7 @@ def _ensure_store(path: Path, found: LoadRecords) -> None:
 @click.option("--stages", default="", help="A stage table for shapes.py instead of --users/--spawn-rate.")
 @click.option("--workers", type=click.IntRange(0, 64), default=0, help="Distribute over a master and N workers.")
 @click.option("--idle", default="5-10", show_default=True, help="Parked NotificationWait between bursts, s.")
+@click.option("--timeout", type=click.FloatRange(0.5, 600), default=10.0, show_default=True, help="Per operation, s.")
 @click.option("--out", "out_dir", type=_DIR, help="Folder for Locust's CSV/HTML and the records.")
 @click.option("--store", type=_FILE, help="Add the run to this run store (created if missing).")
 @click.option("--locustfiles", type=_DIR, help="The folder holding casprobe's locustfiles.")
@@ -106,6 +107,7 @@ def run(
     stages: str,
     workers: int,
     idle: str,
+    timeout: float,
     out_dir: Path | None,
     store: Path | None,
     locustfiles: Path | None,
@@ -119,7 +121,7 @@ def run(
     else:
         target = ("--casprobe-lab", str(Path(lab_dir).resolve() if lab_dir else default_lab_dir()))
     seconds = parse_seconds(run_time, "--run-time")
-    extra: tuple[str, ...] = ("--casprobe-idle", idle)
+    extra: tuple[str, ...] = ("--casprobe-idle", idle, "--casprobe-timeout", f"{timeout:g}")
     if accounts is not None:
         extra += ("--casprobe-accounts", str(accounts.resolve()))
     folder = (out_dir or Path(f"load-{time.strftime('%Y%m%d-%H%M%S')}")).resolve()
