@@ -122,6 +122,11 @@ class LabHandle:
         lab_down(self.folder)
 
 
+def next_subnet() -> int:
+    """The third octet of a loopback /24 no other lab of this test run is using (for labs started elsewhere)."""
+    return next(_subnets)
+
+
 def start_lab(folder: Path, **overrides: Any) -> LabHandle:
     """Start a lab on a fresh loopback /24 with fast test timings (override any LabConfig field)."""
     port = 443 if os.geteuid() == 0 else 8443

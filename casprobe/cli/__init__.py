@@ -28,6 +28,7 @@ _COMMANDS: dict[str, str] = {
     "compare": "casprobe.cli.compare:compare",
     "report": "casprobe.cli.report:report",
     "load": "casprobe.cli.load:load",
+    "rehearse": "casprobe.lab.rehearse:rehearse",
 }
 
 
