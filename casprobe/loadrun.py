@@ -30,9 +30,21 @@ from pathlib import Path
 
 import casprobe
 from casprobe.errors import CasprobeError, ConfigError
-from casprobe.load.records import LoadRecords, read_locust_stats, read_records
+from casprobe.load.records import LoadRecords, read_locust_json, read_locust_stats, read_records
+from casprobe.model import RequestStat
 
-__all__ = ["GRACE_S", "LoadError", "LoadPlan", "LoadResult", "default_locustfiles", "run_load"]
+__all__ = [
+    "GRACE_S",
+    "LoadError",
+    "LoadPlan",
+    "LoadResult",
+    "default_locustfiles",
+    "import_records",
+    "read_result",
+    "read_stats",
+    "run_load",
+    "stats_from",
+]
 
 GRACE_S = 60.0
 _WORKER_WAIT_S = 30.0
@@ -119,6 +131,8 @@ def commands(plan: LoadPlan, port: int) -> tuple[list[str], list[list[str]]]:
         str(out / "locust"),
         "--html",
         str(out / "locust.html"),
+        "--json-file",
+        str(out / "locust_stats"),
         "--casprobe-records",
         str(out / "records.jsonl"),
         "--stop-timeout",
@@ -203,9 +217,15 @@ def read_result(out_dir: Path) -> LoadRecords:
     if not records.is_file():
         tail = _log_tail(out_dir / "locust.log")
         raise LoadError(f"the load run wrote no records ({records}); Locust said: {tail}")
-    stats_file = out_dir / "locust_stats.csv"
-    stats = read_locust_stats(stats_file) if stats_file.is_file() else ()
-    return read_records(records, stats=stats)
+    return read_records(records, stats=read_stats(out_dir))
+
+
+def read_stats(out_dir: Path) -> tuple[RequestStat, ...]:
+    """Locust's request figures of a run folder: its final JSON, else its CSV, else none."""
+    final, periodic = out_dir / "locust_stats.json", out_dir / "locust_stats.csv"
+    if final.is_file():
+        return read_locust_json(final)
+    return read_locust_stats(periodic) if periodic.is_file() else ()
 
 
 def _log_tail(path: Path, lines: int = 5) -> str:
@@ -217,12 +237,19 @@ def _log_tail(path: Path, lines: int = 5) -> str:
 
 
 def import_records(records: Path, stats: Path | None, store_path: Path) -> int:
-    """Add a records file (and Locust's stats CSV) to an existing run store; returns the load run's id."""
+    """Add a records file (and Locust's stats, JSON or CSV) to an existing run store; returns the load run's id."""
     from casprobe.store import RunStore
 
-    found = read_records(records, stats=read_locust_stats(stats) if stats is not None else ())
+    found = read_records(records, stats=stats_from(stats))
     with RunStore.open(store_path, readonly=False) as store:
         return store.add_load_run(found.run, found.disconnects)
+
+
+def stats_from(path: Path | None) -> tuple[RequestStat, ...]:
+    """Locust's figures from a ``--json-file`` output (``.json``) or a ``_stats.csv``; none without a file."""
+    if path is None:
+        return ()
+    return read_locust_json(path) if path.suffix == ".json" else read_locust_stats(path)
 
 
 def describe_commands(plan: LoadPlan) -> Sequence[str]:

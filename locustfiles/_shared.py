@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gevent
 from locust import events
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
@@ -164,7 +165,7 @@ class LoadState:
     def __init__(self, environment: Environment) -> None:
         self.environment = environment
         self.settings: LoadSettings | None = None
-        self.counter = itertools.count()
+        self._counters: dict[str, itertools.count[int]] = {}
         self.trackers: dict[str, DisconnectTracker] = {}
         self.writer: RecordWriter | None = None
         self.records: list[dict[str, Any]] = []  # kept by the coordinating process for the summary
@@ -181,6 +182,10 @@ class LoadState:
     @property
     def coordinating(self) -> bool:
         return not isinstance(self.environment.runner, WorkerRunner)
+
+    def next_index(self, client: str) -> int:
+        """The next user number of a client kind in this process (each kind dealt out over cohorts on its own)."""
+        return next(self._counters.setdefault(client, itertools.count()))
 
     def get_settings(self) -> LoadSettings:
         if self.settings is None:
@@ -247,9 +252,11 @@ def _pin_names(resolver: Resolver) -> None:
     """Make the profile's pinned names resolve for libraries that use the socket module (exchangelib)."""
     original = socket.getaddrinfo
 
-    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+    def getaddrinfo(host: Any, port: Any = None, *args: Any, **kwargs: Any) -> Any:
         pin = resolver.pin_for(host) if isinstance(host, str) else None
-        return original(pin.address if pin is not None else host, *args, **kwargs)
+        if pin is None:
+            return original(host, port, *args, **kwargs)
+        return original(pin.address, pin.port or port, *args, **kwargs)
 
     if getattr(socket.getaddrinfo, "__casprobe__", False):
         return
@@ -259,6 +266,9 @@ def _pin_names(resolver: Resolver) -> None:
 
 @events.init.add_listener
 def _init(environment: Environment, **_kwargs: Any) -> None:
+    # gevent's loop caches its clock and has not run while the locustfiles were imported (exchangelib alone takes
+    # about a second): without this, Locust's --run-time timer fires early by that much
+    gevent.get_hub().loop.update_now()
     load = state(environment)
     options = environment.parsed_options
     if options is None:

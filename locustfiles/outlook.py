@@ -10,12 +10,14 @@ does. Options: ``locust -f locustfiles/outlook.py --help`` (the casprobe group).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from _shared import report, state
 from locust import User, constant, task
 
-from casprobe.load.outlook import OutlookClient
+from casprobe.errors import CasprobeError
+from casprobe.load.outlook import OutlookClient, RequestReport
 from casprobe.net.auth import BasicAuth, SpnegoAuth
 
 
@@ -31,8 +33,12 @@ class OutlookUser(User):
 
     def on_start(self) -> None:
         load = state(self.environment)
-        settings = load.get_settings()
-        index = next(load.counter)
+        try:
+            settings = load.get_settings()
+        except CasprobeError as exc:  # a bad profile or accounts file: one named failure per user, no traceback
+            report(self.environment, RequestReport("MAPI", "Setup", 0.0, 0, f"internal: {exc}", "none"))
+            return
+        index = load.next_index("outlook")
         cohort = settings.cohorts.assign(index)
         account = settings.accounts[index % len(settings.accounts)]
         user = f"{load.tag}-outlook-{index}"
@@ -56,8 +62,10 @@ class OutlookUser(User):
 
     @task
     def work(self) -> None:
-        if self.outlook is not None:
-            self.outlook.step()
+        if self.outlook is None:
+            time.sleep(5.0)  # not set up (see on_start): idle, do not spin
+            return
+        self.outlook.step()
 
     def on_stop(self) -> None:
         if self.outlook is not None:

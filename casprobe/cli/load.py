@@ -137,7 +137,7 @@ def run(
         click.echo(line)
     if found.skipped:
         click.echo(f"note: {found.skipped} unreadable record lines skipped")
-    click.echo(f"Locust's statistics: {folder / 'locust_stats.csv'}, {folder / 'locust.html'}")
+    click.echo(f"Locust's statistics: {folder / 'locust_stats.json'}, {folder / 'locust.html'} (and CSV)")
     if store is not None:
         _ensure_store(store, found)
         import_records(folder / "records.jsonl", _stats(folder), store)
@@ -149,19 +149,26 @@ def run(
 
 
 def _stats(folder: Path) -> Path | None:
-    path = folder / "locust_stats.csv"
-    return path if path.is_file() else None
+    for name in ("locust_stats.json", "locust_stats.csv"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
 
 
 @load.command("import")
 @click.argument("records", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--stats", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="locust_stats.csv")
+@click.option(
+    "--stats",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Locust's figures: its --json-file output (.json) or <prefix>_stats.csv.",
+)
 @click.option("--store", type=_FILE, required=True, help="The run store (created if missing).")
 def import_(records: Path, stats: Path | None, store: Path) -> None:
     """Add a load run's records (``--casprobe-records`` of a Locust run) to a run store."""
-    from casprobe.load.records import read_locust_stats, read_records
+    from casprobe.load.records import read_records
+    from casprobe.loadrun import stats_from
 
-    found = read_records(records, stats=read_locust_stats(stats) if stats is not None else ())
+    found = read_records(records, stats=stats_from(stats))
     _ensure_store(store, found)
     ident = import_records(records, stats, store)
     for line in summary_lines(found):

@@ -13,7 +13,7 @@ import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-__all__ = ["DISTINGUISHED_FOLDERS", "Folder", "MailStore", "Mailbox", "Message"]
+__all__ = ["DISTINGUISHED_FOLDERS", "MAX_MESSAGES_PER_FOLDER", "Folder", "MailStore", "Mailbox", "Message"]
 
 # distinguished folder id -> display name, folder class
 DISTINGUISHED_FOLDERS: dict[str, tuple[str, str]] = {
@@ -69,8 +69,12 @@ class Folder:
         return sum(1 for m in self.messages if not m.is_read)
 
 
+#: the newest messages a folder keeps (older ones are dropped, as a retention policy would)
+MAX_MESSAGES_PER_FOLDER = 500
+
+
 class Mailbox:
-    """One user's folders."""
+    """One user's folders (each keeps its newest :data:`MAX_MESSAGES_PER_FOLDER` messages)."""
 
     def __init__(self, owner: str) -> None:
         self.owner = owner
@@ -95,7 +99,10 @@ class Mailbox:
         n = next(_ids)
         item_id = _make_id("item", self.owner, n)
         msg = Message(item_id, "CQAAABYAAA" + item_id[:8], subject, body, sender, to, datetime.now(UTC))
-        self.folders[folder].messages.append(msg)
+        messages = self.folders[folder].messages
+        messages.append(msg)
+        if len(messages) > MAX_MESSAGES_PER_FOLDER:  # a long load run must not grow the lab without bound
+            del messages[: len(messages) - MAX_MESSAGES_PER_FOLDER]
         self.version += 1
         return msg
 

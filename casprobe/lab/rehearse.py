@@ -222,8 +222,9 @@ def run_rehearsal(
     if kids.load_error is not None:
         raise CasprobeError(f"the load run failed: {kids.load_error}")
     if kids.load_result is not None:
-        stats = kids.load_result.out_dir / "locust_stats.csv"
-        import_records(kids.load_result.out_dir / "records.jsonl", stats if stats.is_file() else None, store)
+        load_dir = kids.load_result.out_dir
+        final = load_dir / "locust_stats.json"
+        import_records(load_dir / "records.jsonl", final if final.is_file() else None, store)
     progress("writing the report")
     from casprobe.report import load_report
     from casprobe.report.render import render_html

@@ -12,7 +12,9 @@ things happen, so a killed run keeps what it had::
 
 :func:`read_records` turns a file back into a :class:`~casprobe.model.LoadRun` (cohort sizes from the ``user``
 lines) and its :class:`~casprobe.model.LoadDisconnect` records; a line it cannot read is counted and skipped, never
-fatal. :func:`read_locust_stats` reads the request figures from Locust's ``<prefix>_stats.csv``.
+fatal. :func:`read_locust_json` reads the request figures from Locust's ``--json-file`` (complete: written when
+Locust stops), :func:`read_locust_stats` from its ``<prefix>_stats.csv`` (written every second, so the last
+second, and the disconnects closed when the load stops, can be missing from it).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "collect",
     "disconnect_record",
     "parse_disconnect",
+    "read_locust_json",
     "read_locust_stats",
     "read_records",
 ]
@@ -203,6 +206,48 @@ def _ms(text: str | None) -> float | None:
     except ValueError:
         return None
     return value if value is not None and math.isfinite(value) else None
+
+
+def _histogram_rank(histogram: Mapping[str, Any], share: float) -> float | None:
+    """The response time (ms) at ``share`` of Locust's histogram {rounded ms: count} (nearest rank)."""
+    points = sorted((float(k), int(v)) for k, v in histogram.items() if int(v) > 0)
+    total = sum(n for _, n in points)
+    if not total:
+        return None
+    rank = max(1, math.ceil(share * total))
+    seen = 0
+    for value, count in points:
+        seen += count
+        if seen >= rank:
+            return value
+    return points[-1][0]
+
+
+def read_locust_json(path: Path) -> tuple[RequestStat, ...]:
+    """The per-request-type figures of Locust's ``--json-file`` (written once, complete, when Locust stops)."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read Locust's statistics {path}: {exc}") from None
+    rows = []
+    for entry in entries if isinstance(entries, list) else []:
+        try:
+            histogram = entry.get("response_times") or {}
+            top = entry.get("max_response_time")
+            rows.append(
+                RequestStat(
+                    kind=_text(entry.get("method") or ""),
+                    name=_text(entry["name"]),
+                    count=int(entry.get("num_requests", 0)),
+                    failures=int(entry.get("num_failures", 0)),
+                    median_ms=_histogram_rank(histogram, 0.5),
+                    p95_ms=_histogram_rank(histogram, 0.95),
+                    max_ms=None if top is None else _number(top),
+                )
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return tuple(rows)
 
 
 def read_locust_stats(path: Path) -> tuple[RequestStat, ...]:
