@@ -154,7 +154,7 @@ def _kind(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-class _Reader:
+class TomlReader:
     """Typed access to one TOML table, every failure a ConfigError naming file and key."""
 
     def __init__(self, path: Path, data: dict[str, Any], prefix: str = "") -> None:
@@ -236,7 +236,7 @@ class _Reader:
                 raise self.fail(key, f"unknown key ({hint})")
 
 
-def _servers(reader: _Reader) -> tuple[str, ...]:
+def _servers(reader: TomlReader) -> tuple[str, ...]:
     value = reader._get("servers", list, "an array of server names")
     if value is None:
         return ()
@@ -251,7 +251,7 @@ def _servers(reader: _Reader) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _resolve(reader: _Reader) -> tuple[Pin, ...]:
+def read_pins(reader: TomlReader) -> tuple[Pin, ...]:
     table = reader._get("resolve", dict, "a table of name = address")
     if table is None:
         return ()
@@ -270,7 +270,7 @@ def _resolve(reader: _Reader) -> tuple[Pin, ...]:
     return tuple(pins)
 
 
-def _probes(reader: _Reader) -> tuple[str, ...] | None:
+def read_probes(reader: TomlReader) -> tuple[str, ...] | None:
     value = reader._get("probes", list, "an array of probe names")
     if value is None:
         return None
@@ -282,7 +282,7 @@ def _probes(reader: _Reader) -> tuple[str, ...] | None:
     return tuple(name for name in PROBE_NAMES if name in value)
 
 
-def _auth_choice(reader: _Reader) -> AuthChoice | None:
+def read_auth_choice(reader: TomlReader) -> AuthChoice | None:
     value = reader.string("auth")
     if value is None:
         return None
@@ -292,7 +292,7 @@ def _auth_choice(reader: _Reader) -> AuthChoice | None:
     raise reader.fail("auth", f"{value!r} is not one of {', '.join(AUTH_CHOICES)}")
 
 
-def _credentials(top: _Reader, box: _Reader | None) -> dict[str, Any]:
+def read_credentials(top: TomlReader, box: TomlReader | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in _CREDENTIAL_KEYS:
         if box is not None and key in box.data and key in top.data:
@@ -310,11 +310,11 @@ def _credentials(top: _Reader, box: _Reader | None) -> dict[str, Any]:
     return out
 
 
-def _mailbox(top: _Reader) -> tuple[str | None, _Reader | None]:
+def _mailbox(top: TomlReader) -> tuple[str | None, TomlReader | None]:
     value = top.data.get("mailbox")
-    box: _Reader | None = None
+    box: TomlReader | None = None
     if isinstance(value, dict):
-        box = _Reader(top.path, value, "mailbox.")
+        box = TomlReader(top.path, value, "mailbox.")
         box.check_keys(_MAILBOX_KEYS)
         smtp = box.string("smtp")
         key = "mailbox.smtp"
@@ -336,11 +336,11 @@ def load_profile(path: Path) -> Profile:
         raise ConfigError(f"{path}: cannot read the profile ({type(exc).__name__})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    top = _Reader(path, data)
+    top = TomlReader(path, data)
     top.check_keys(_TOP_KEYS)
     mailbox, box = _mailbox(top)
-    credentials = _credentials(top, box)
-    auth = _auth_choice(top)
+    credentials = read_credentials(top, box)
+    auth = read_auth_choice(top)
     ca_file = top.path_value("ca_file", must_exist=True)
     insecure = top.boolean("insecure")
     if insecure and ca_file is not None:
@@ -358,14 +358,14 @@ def load_profile(path: Path) -> Profile:
         autodiscover=top.host("autodiscover"),
         servers=_servers(top),
         port=port,
-        resolve=_resolve(top),
+        resolve=read_pins(top),
         ca_file=ca_file,
         insecure=insecure,
         mailbox=mailbox,
         auth=auth,
         channel_binding=top.boolean("channel_binding"),
         timeout=timeout,
-        probes=_probes(top),
+        probes=read_probes(top),
         cert_warn_days=top.integer("cert_warn_days", 0, 3650),
         mapi_notification_wait=wait,
         lb=top.string("lb"),

@@ -29,6 +29,7 @@ _COMMANDS: dict[str, str] = {
     "report": "casprobe.cli.report:report",
     "load": "casprobe.cli.load:load",
     "rehearse": "casprobe.lab.rehearse:rehearse",
+    "serve": "casprobe.cli.serve:serve_command",
 }
 
 

@@ -45,16 +45,16 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _labels(**labels: str) -> str:
+def labels(**labels: str) -> str:
     return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items()) + "}"
 
 
-def _number(value: float) -> str:
+def number(value: float) -> str:
     number = round(float(value), 6)  # microseconds are plenty, and keep the text short
     return str(int(number)) if number.is_integer() else repr(number)
 
 
-def _expiry(result: ProbeResult) -> float | None:
+def cert_expiry(result: ProbeResult) -> float | None:
     if result.tls is None or not result.tls.not_after:
         return None
     try:
@@ -66,30 +66,46 @@ def _expiry(result: ProbeResult) -> float | None:
     return moment.timestamp()
 
 
+#: the families :func:`result_samples` renders
+RESULT_FAMILIES = (
+    "probe_success",
+    "probe_duration_seconds",
+    "probe_http_duration_seconds",
+    "probe_ssl_earliest_cert_expiry",
+    "casprobe_probe_error",
+    "casprobe_probe_severity",
+)
+
+
+def result_samples(name: str, result: ProbeResult, base: dict[str, str]) -> Iterable[str]:
+    """The samples of one result for family ``name`` (one of :data:`RESULT_FAMILIES`), labelled ``base`` plus
+    the family's own label; shared by ``check --format prometheus`` and ``casprobe serve``."""
+    if name == "probe_success":
+        yield f"{name}{labels(**base)} {int(result.success)}"
+    elif name == "probe_duration_seconds":
+        yield f"{name}{labels(**base)} {number(result.duration)}"
+    elif name == "probe_http_duration_seconds":
+        for phase, attribute in PHASES:
+            value = getattr(result.phases, attribute)
+            if value is not None:
+                yield f"{name}{labels(**base, phase=phase)} {number(value)}"
+        if result.phases.auth:
+            yield f"{name}{labels(**base, phase='auth')} {number(sum(result.phases.auth))}"
+    elif name == "probe_ssl_earliest_cert_expiry":
+        expiry = cert_expiry(result)
+        if expiry is not None:
+            yield f"{name}{labels(**base)} {number(expiry)}"
+    elif name == "casprobe_probe_error":
+        for error_class in ErrorClass:
+            value = int(result.error_class is error_class)
+            yield f"{name}{labels(**base, **{'class': error_class.value})} {value}"
+    elif name == "casprobe_probe_severity":
+        yield f"{name}{labels(**base)} {int(result.severity)}"
+
+
 def _samples(name: str, report: CheckReport) -> Iterable[str]:
     for result in report.results:
-        base = {"target": result.target.name, "probe": result.probe}
-        if name == "probe_success":
-            yield f"{name}{_labels(**base)} {int(result.success)}"
-        elif name == "probe_duration_seconds":
-            yield f"{name}{_labels(**base)} {_number(result.duration)}"
-        elif name == "probe_http_duration_seconds":
-            for phase, attribute in PHASES:
-                value = getattr(result.phases, attribute)
-                if value is not None:
-                    yield f"{name}{_labels(**base, phase=phase)} {_number(value)}"
-            if result.phases.auth:
-                yield f"{name}{_labels(**base, phase='auth')} {_number(sum(result.phases.auth))}"
-        elif name == "probe_ssl_earliest_cert_expiry":
-            expiry = _expiry(result)
-            if expiry is not None:
-                yield f"{name}{_labels(**base)} {_number(expiry)}"
-        elif name == "casprobe_probe_error":
-            for error_class in ErrorClass:
-                value = int(result.error_class is error_class)
-                yield f"{name}{_labels(**base, **{'class': error_class.value})} {value}"
-        elif name == "casprobe_probe_severity":
-            yield f"{name}{_labels(**base)} {int(result.severity)}"
+        yield from result_samples(name, result, {"target": result.target.name, "probe": result.probe})
 
 
 def render(report: CheckReport) -> str:
@@ -99,7 +115,7 @@ def render(report: CheckReport) -> str:
         if name == "casprobe_tls_verification_enabled":
             lines.append(f"{name} {int(report.tls_verification)}")
         elif name == "casprobe_run_timestamp_seconds":
-            lines.append(f"{name} {_number(round(report.started_at, 3))}")
+            lines.append(f"{name} {number(round(report.started_at, 3))}")
         else:
             lines.extend(_samples(name, report))
     return "\n".join(lines) + "\n"
