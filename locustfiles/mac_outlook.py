@@ -46,40 +46,26 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
-import socket
-import ssl
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from http.client import RemoteDisconnected
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import requests
 import requests.adapters
-import urllib3.exceptions
 from _shared import report, state
 from exchangelib import BASIC, DELEGATE, NTLM, Account, Build, Configuration, FailFast, Message, Version
 from exchangelib import Credentials as EwsCredentials
-from exchangelib.errors import (
-    CASError,
-    EWSError,
-    MalformedResponseError,
-    RedirectError,
-    ResponseMessageError,
-    SOAPError,
-    TransportError,
-    UnauthorizedError,
-)
 from exchangelib.folders import Inbox
 from exchangelib.protocol import CachingProtocol, Protocol
 from locust import User, between, task
 
+from casprobe.load.ews_errors import classify
 from casprobe.load.outlook import RequestReport
 from casprobe.load.tracker import DisconnectTracker
 from casprobe.model import ErrorClass
-from casprobe.probes.ews import EWS_PATH, classify_code
+from casprobe.probes.ews import EWS_PATH
 
 log = logging.getLogger("casprobe.load")
 
@@ -88,8 +74,6 @@ CLIENT = "outlook-mac"
 PINNED_VERSION = Version(build=Build(15, 1, 0, 0))  # Exchange 2016 API; the server's header updates it
 FIND_ITEMS = 5
 _MAX_DETAIL = 120
-_MAX_CHAIN = 24
-_STATUS = re.compile(r"Code: (\d{3})\b")
 
 # ----------------------------------------------------------------------------------------------- exchangelib plumbing
 
@@ -167,105 +151,6 @@ def _own_protocol(account: Account, config: Configuration, cls: type[_ClientProt
         if cached is not None and cached[0] is shared:
             del CachingProtocol._protocol_cache[CachingProtocol._cache_key(config)]
     return own
-
-
-# ----------------------------------------------------------------------------------------------- failures
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """The exception, its causes and contexts, and what urllib3/requests wrap (``reason``, ``args``), bounded."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo and len(seen) < _MAX_CHAIN:
-        item = todo.pop(0)
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        yield item
-        nested = [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args[:2]]
-        todo.extend(n for n in nested if isinstance(n, BaseException))
-
-
-def _transport(chain: list[BaseException]) -> tuple[ErrorClass, str] | None:
-    """What failed below EWS (DNS, TLS, TCP, timeouts), whatever exchangelib re-raised it as."""
-    checks: list[tuple[type[BaseException] | tuple[type[BaseException], ...], ErrorClass, str | None]] = [
-        (UnauthorizedError, ErrorClass.AUTH, "credentials refused (HTTP 401)"),
-        ((socket.gaierror, urllib3.exceptions.NameResolutionError), ErrorClass.DNS, "the name does not resolve"),
-        (ssl.SSLCertVerificationError, ErrorClass.TLS, None),
-        (ConnectionRefusedError, ErrorClass.CONNECT, "connection refused"),  # before timeouts: urllib3's
-        # NewConnectionError is a ConnectTimeoutError subclass; requests raises ConnectTimeout only for real ones
-        (
-            requests.exceptions.ConnectTimeout,
-            ErrorClass.TIMEOUT,
-            "no answer to the TCP/TLS connection attempt (connect timeout)",
-        ),
-        (
-            (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError),
-            ErrorClass.TIMEOUT,
-            "the server stopped answering (read timeout)",
-        ),
-        (ssl.SSLError, ErrorClass.TLS, None),
-        (requests.exceptions.SSLError, ErrorClass.TLS, "TLS handshake failed"),
-        (
-            (
-                ConnectionResetError,
-                BrokenPipeError,
-                RemoteDisconnected,
-                requests.exceptions.ChunkedEncodingError,
-                urllib3.exceptions.ProtocolError,
-            ),
-            ErrorClass.CONNECT,
-            "connection reset or closed by the server",
-        ),
-        ((requests.exceptions.ConnectionError, urllib3.exceptions.NewConnectionError), ErrorClass.CONNECT, None),
-    ]
-    for kinds, error_class, detail in checks:
-        for item in chain:
-            if isinstance(item, kinds):
-                if isinstance(item, ssl.SSLCertVerificationError):
-                    return error_class, f"certificate not trusted: {item.verify_message or item.reason}"
-                if isinstance(item, ssl.SSLError):
-                    return error_class, f"TLS handshake failed: {item.reason or item.__class__.__name__}"
-                return error_class, detail or f"cannot connect ({item.__class__.__name__})"
-    return None
-
-
-def _ews(error: EWSError) -> tuple[ErrorClass, str]:
-    """What an EWS-level failure (exchangelib's own exceptions) means, from the original one."""
-    name, text = error.__class__.__name__, str(error)
-    if isinstance(error, CASError):
-        status = getattr(error.response, "status_code", "?")
-        return ErrorClass.HTTP_STATUS, f"HTTP {status} with X-CasErrorCode {error.cas_error[:40]}"
-    if isinstance(error, RedirectError):
-        return ErrorClass.HTTP_STATUS, "redirected (HTTP 301/302)"
-    if text.startswith("Caused by "):  # ErrorServerBusy / ErrorInternalServerTransientError from an HTTP answer
-        cause = text.removeprefix("Caused by ")
-        if "redirect" in cause:
-            cause = "HTTP 302 to the generic error page"
-        return ErrorClass.HTTP_STATUS, cause.removesuffix(" response")[:60]
-    if isinstance(error, MalformedResponseError):
-        status = _STATUS.search(text)
-        if status is not None:
-            return ErrorClass.HTTP_STATUS, f"HTTP {status.group(1)}"
-        return ErrorClass.PROTOCOL, "malformed EWS answer"
-    if isinstance(error, ResponseMessageError | SOAPError):
-        code = name if name.startswith("Error") else None
-        return classify_code(code), code or "SOAP fault"
-    if isinstance(error, TransportError):
-        return ErrorClass.PROTOCOL, f"{name}: {text[:60]}"
-    return ErrorClass.PROTOCOL, name
-
-
-def classify(exc: BaseException) -> tuple[ErrorClass, str]:
-    """The error class and a short detail of a failed exchangelib call (see the module docstring)."""
-    chain = list(_chain(exc))
-    found = _transport(chain)
-    if found is not None:
-        return found
-    ews = [item for item in chain if isinstance(item, EWSError)]
-    if ews:
-        return _ews(ews[-1])  # the innermost: what exchangelib re-raised ("Reraised from …") is its context
-    return ErrorClass.INTERNAL, f"{exc.__class__.__name__}: {str(exc)[:60]}"
 
 
 # ----------------------------------------------------------------------------------------------- the user
