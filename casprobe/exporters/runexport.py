@@ -10,6 +10,10 @@
                                ``--format json`` of ``casprobe check`` (casprobe.exporters.json.result_object)
     {"type": "marker", "wall", "mono", "text", "source"}
     {"type": "lab_event", "seq", "wall", "mono", "kind", "data" {…}}   ("data" as text if it is not JSON)
+    {"type": "load_run", "id", "started_at", "ended_at", "source", "cohorts" {cohort: clients}, "stats" […],
+     "settings" {…}}                                    one per Locust load run (casprobe load, rehearse)
+    {"type": "load_disconnect", "load_run", "cohort", "user", "client", "name", "started_at", "ended_at",
+     "failures", "error_classes", "detail"}             each interval a simulated client could not work
 
 ``csv`` (RFC 4180, header row first): one row per result, ordered by started_mono, with the columns of
 :data:`CSV_COLUMNS`::
@@ -31,6 +35,7 @@ store never holds a secret (RunStore refuses settings that look like one), so ne
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -39,7 +44,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from casprobe.exporters.json import result_object, run_object
-from casprobe.model import ProbeResult
+from casprobe.load.records import disconnect_record
+from casprobe.model import LoadRun, ProbeResult
 from casprobe.store import RunStore
 
 __all__ = ["CSV_COLUMNS", "FORMATS", "export_store", "export_store_to_file"]
@@ -113,6 +119,23 @@ def _jsonl(store: RunStore, out: TextIO) -> None:
     for event in store.lab_events():
         record = {"type": "lab_event", "seq": event.seq, "wall": event.wall, "mono": event.mono, "kind": event.kind}
         out.write(_line({**record, "data": _json_or_text(event.data)}))
+    for load in store.load_runs():
+        out.write(_line(_load_run(load)))
+        for interval in store.load_disconnects(load.id):
+            out.write(_line({**disconnect_record(interval), "type": "load_disconnect", "load_run": load.id}))
+
+
+def _load_run(load: LoadRun) -> dict[str, Any]:
+    return {
+        "type": "load_run",
+        "id": load.id,
+        "started_at": load.started_at,
+        "ended_at": load.ended_at,
+        "source": load.source,
+        "cohorts": dict(load.cohorts),
+        "stats": [dataclasses.asdict(stat) for stat in load.stats],
+        "settings": _json_or_text(load.settings),
+    }
 
 
 def _num(value: float | int | None) -> str:

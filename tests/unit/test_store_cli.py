@@ -296,3 +296,21 @@ def test_the_cli_lists_mark_and_export(monkeypatch: pytest.MonkeyPatch, capsys: 
     assert code == 0
     assert "mark" in out
     assert "export" in out
+
+
+def test_export_jsonl_carries_load_runs_and_their_disconnects(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store with a Locust load run exports it and each disconnect interval after the lab events."""
+    from casprobe.model import LoadDisconnect, LoadRun, RequestStat
+
+    with RunStore.open(store_path, readonly=False) as store:
+        run = LoadRun(5.0, 65.0, "locust", (("namespace", 2), ("mb1", 1)), (RequestStat("MAPI", "Execute", 9, 1),))
+        store.add_load_run(run, [LoadDisconnect("mb1", "l-outlook-1", "outlook", "mb1.lab.test", 20.0, 40.0, 3, ())])
+    code, out, _ = _run(monkeypatch, capsys, "export", str(store_path), "--format", "jsonl")
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    load, interval = lines[-2:]
+    assert (load["type"], load["cohorts"], load["stats"][0]["count"]) == ("load_run", {"namespace": 2, "mb1": 1}, 9)
+    assert (interval["type"], interval["load_run"], interval["user"]) == ("load_disconnect", 1, "l-outlook-1")
+    assert (interval["started_at"], interval["ended_at"], interval["failures"]) == (20.0, 40.0, 3)
