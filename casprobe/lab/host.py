@@ -33,22 +33,32 @@ __all__ = ["ConnectionHook", "ServerHost", "tracking_protocol"]
 ConnectionHook = Callable[[Hashable], None]
 
 
-def tracking_protocol(base: type[Any], hook: ConnectionHook) -> type[Any]:
+def tracking_protocol(base: type[Any], hook: ConnectionHook | None) -> type[Any]:
     """Subclass uvicorn's HTTP protocol so the end of a TCP connection reaches ``hook`` (ASGI never says).
 
     The hook also runs when a connection *opens*: a new connection on a 4-tuple means whatever was recorded for the
     previous one is stale, even if its close was missed. Without this a record could outlive its connection and a
     later connection that happens to reuse the source port would inherit its NTLM identity.
+
+    It also cancels uvicorn's keep-alive timer when the connection is lost *with an error* (a reset: HAProxy drops
+    its idle server connections that way). uvicorn 0.54 cancels it only on a clean close, so the timer kept every
+    reset connection, with asyncio's 256 KiB TLS buffer, alive for ``timeout_keep_alive`` (120 s here): through
+    HAProxy the lab grew by about 300 KB per connection, a gigabyte within minutes of a load run.
     """
 
     class TrackingProtocol(base):  # type: ignore[misc]
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
-            _notify(hook, self)
+            if hook is not None:
+                _notify(hook, self)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            _notify(hook, self)
+            if hook is not None:
+                _notify(hook, self)
             super().connection_lost(exc)
+            unset = getattr(self, "_unset_keepalive_if_required", None)
+            if callable(unset):
+                unset()
 
     return TrackingProtocol
 
@@ -120,8 +130,7 @@ class ServerHost:
             headers=[("Server", "Microsoft-IIS/10.0"), ("X-Powered-By", "ASP.NET")],
         )
         config.load()
-        if self._on_connection is not None:
-            config.http_protocol_class = tracking_protocol(config.http_protocol_class, self._on_connection)
+        config.http_protocol_class = tracking_protocol(config.http_protocol_class, self._on_connection)
         self._sock = _listen(self.address, self.port, 1024)
         server = uvicorn.Server(config)
         server.lifespan = config.lifespan_class(config)
