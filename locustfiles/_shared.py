@@ -71,6 +71,7 @@ def _options(parser: Any) -> None:
     group.add_argument("--casprobe-idle", default="5-10", help="NotificationWait parked between bursts, s (A-B)")
     group.add_argument("--casprobe-ping-every", type=int, default=4, help="cycles between PINGs (0 = never)")
     group.add_argument("--casprobe-backoff", default="1-2", help="wait after a failure, s (A-B)")
+    group.add_argument("--casprobe-think", default="2-5", help="Outlook for Mac: think time between EWS calls, s")
     group.add_argument("--casprobe-timeout", type=float, default=10.0, help="per-operation timeout, s")
     group.add_argument("--casprobe-records", default="", env_var="CASPROBE_RECORDS", help="records file (JSONL)")
 
@@ -97,6 +98,7 @@ class LoadSettings:
     transport: TransportOptions
     behaviour: OutlookBehaviour
     auth: str
+    think_s: tuple[float, float] = (2.0, 5.0)
 
     def describe(self) -> dict[str, Any]:
         """The settings as the records keep them (never a secret)."""
@@ -156,6 +158,7 @@ def load_settings(options: Any) -> LoadSettings:
             backoff_s=_range(options.casprobe_backoff, "backoff"),
         ),
         auth=options.casprobe_auth,
+        think_s=_range(getattr(options, "casprobe_think", "2-5"), "think"),
     )
 
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import time
 import weakref
 from collections.abc import Callable
@@ -59,8 +60,9 @@ from exchangelib import BASIC, DELEGATE, NTLM, Account, Build, Configuration, Fa
 from exchangelib import Credentials as EwsCredentials
 from exchangelib.folders import Inbox
 from exchangelib.protocol import CachingProtocol, Protocol
-from locust import User, between, task
+from locust import User, task
 
+from casprobe.errors import CasprobeError
 from casprobe.load.ews_errors import classify
 from casprobe.load.outlook import RequestReport
 from casprobe.load.tracker import DisconnectTracker
@@ -159,8 +161,15 @@ def _own_protocol(account: Account, config: Configuration, cls: type[_ClientProt
 class MacOutlookUser(User):
     """One Outlook for Mac (EWS through exchangelib)."""
 
-    wait_time = between(2, 5)
     weight = 1
+
+    def wait_time(self) -> float:
+        """Think time between EWS calls (``--casprobe-think``, 2-5 s by default)."""
+        try:
+            low, high = state(self.environment).get_settings().think_s
+        except CasprobeError:
+            low, high = 2.0, 5.0
+        return random.uniform(low, high)
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)

@@ -118,6 +118,8 @@ def test_mac_users_read_search_and_send_each_on_its_own_connection(lab: LabHandl
         ["mac_outlook.py"],
         *("-u", "6", "-r", "6", "-t", "6s", "--casprobe-lab", str(lab.folder)),
         *("--casprobe-accounts", str(accounts), "--casprobe-cohorts", "namespace=1,mb1=1"),
+        # short think times: ~100 calls in the run, so the 1-in-7 CreateItem cannot be missed by chance
+        *("--casprobe-think", "0.1-0.3"),
     )
     code, output = _finish(proc)
     assert code == 0, output[-3000:]  # Locust exits 1 when any request failed
