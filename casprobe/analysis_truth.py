@@ -34,9 +34,12 @@ Matching, with ``slack_s`` (default 0.5 s) for the lab writing its line just aft
 
 - cause: among the relevant onsets whose state still held at the outage start (not undone before start − slack),
   the latest one at or before the start; if there is none, the earliest one within start + slack;
-- restore (closed outages only): the cause's own undoer if it came at or before outage end + slack; else, among
-  the relevant restores from the cause (from outage start − slack without one) to outage end + slack that share
-  a subject (server or database) with the cause, the latest at or before the end, else the earliest after it.
+- restore (closed outages only): among the relevant onsets that held at some moment of the outage (the cause and any
+  that came while it lasted) and were undone by outage end + slack, the undoer of the latest one — service returns
+  when the last thing that took it away is undone (in a maintenance the database move ends after seconds,
+  ServerWideOffline Active after the window); else, among the relevant restores from the cause (from outage start −
+  slack without one) to outage end + slack that share a subject (server or database) with the cause, the latest at
+  or before the end, else the earliest after it.
 
 Either can be None: nothing in the log explains the outage (or there is no log).
 """
@@ -190,6 +193,27 @@ class TruthLog:
                 return False
         return cause is None or event.shares_subject(cause)
 
+    def _last_undo(
+        self, row: Row, server: str, home: str, database: str | None, start: float, end: float
+    ) -> TruthEvent | None:
+        """The undoer of the latest relevant onset that held during the outage and was undone by its end.
+
+        Service comes back when the last thing that took it away is undone: a maintenance whose database move
+        (the cause) ends after 2 s while the server's components stay inactive for a minute is restored by
+        ServerWideOffline Active, not by the end of the move.
+        """
+        slack = self.slack_s
+        latest: tuple[float, TruthEvent] | None = None
+        for i, undo in self.undo_of.items():
+            event = self.events[i]
+            if undo is None or event.mono > end + slack or undo.mono < start - slack or undo.mono > end + slack:
+                continue
+            if not self._relevant_onset(event, row, server, home, database):
+                continue
+            if latest is None or event.mono > latest[0]:
+                latest = (event.mono, undo)
+        return None if latest is None else latest[1]
+
     def _first(self, indices: Iterable[int], test: Callable[[int], bool]) -> int | None:
         return next((i for i in indices if test(i)), None)
 
@@ -214,10 +238,8 @@ class TruthLog:
         end = outage.end_mono
         if end is None:
             return report
-        undo = None if cause_index is None else self.undo_of.get(cause_index)
-        if undo is not None and undo.mono <= end + slack:
-            restore: TruthEvent | None = undo
-        else:
+        restore: TruthEvent | None = self._last_undo(row, server, home, database, start, end)
+        if restore is None:
 
             def is_restore(i: int) -> bool:
                 return self._relevant_restore(self.events[i], row, server, cause)
