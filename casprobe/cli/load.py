@@ -21,8 +21,9 @@ import click
 from casprobe import __version__
 from casprobe.analysis_load import cohort_figures
 from casprobe.cli.watch import parse_seconds
-from casprobe.config import default_lab_dir
+from casprobe.config import default_lab_dir, lab_profile_path, load_profile
 from casprobe.errors import ConfigError
+from casprobe.load.accounts import read_accounts
 from casprobe.load.records import LoadRecords
 from casprobe.loadrun import LoadPlan, describe_commands, import_records, run_load
 from casprobe.model import RunInfo
@@ -120,6 +121,13 @@ def run(
         target = ("--casprobe-profile", str(profile.resolve()))
     else:
         target = ("--casprobe-lab", str(Path(lab_dir).resolve() if lab_dir else default_lab_dir()))
+    # read the profile (and the accounts) here first: a wrong path is one clear line, not a load of failed users
+    profile_path = Path(target[1]) if profile is not None else lab_profile_path(Path(target[1]))
+    loaded = load_profile(profile_path)
+    if not loaded.namespace:
+        raise ConfigError(f"{profile_path}: the profile names no namespace")
+    if accounts is not None:
+        read_accounts(accounts)
     seconds = parse_seconds(run_time, "--run-time")
     extra: tuple[str, ...] = ("--casprobe-idle", idle, "--casprobe-timeout", f"{timeout:g}")
     if accounts is not None:
