@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -177,8 +178,10 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float) -> None:
         proc.wait(5)
 
 
-def run_load(plan: LoadPlan, *, progress: Callable[[float], None] | None = None) -> LoadResult:
-    """Run the plan to its end (or until interrupted) and read back what it measured."""
+def run_load(
+    plan: LoadPlan, *, progress: Callable[[float], None] | None = None, stop: threading.Event | None = None
+) -> LoadResult:
+    """Run the plan to its end (or until ``stop`` is set, or interrupted) and read back what it measured."""
     if not locust_available():
         raise LoadError("Locust is not installed: pip install 'casprobe[load]'")
     plan.out_dir.mkdir(parents=True, exist_ok=True)
@@ -197,6 +200,8 @@ def run_load(plan: LoadPlan, *, progress: Callable[[float], None] | None = None)
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=plan.out_dir))
         master = procs[0]
         while master.poll() is None:
+            if stop is not None and stop.is_set():
+                break  # the finally below stops Locust (SIGINT: it still writes its statistics)
             if time.monotonic() > limit:
                 raise LoadError(f"Locust did not stop within its run time + {GRACE_S:.0f} s: stopped it")
             if progress is not None:

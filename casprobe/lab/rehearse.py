@@ -96,6 +96,14 @@ class _Children:
         self.load: threading.Thread | None = None
         self.load_result: LoadResult | None = None
         self.load_error: BaseException | None = None
+        self.stop_load = threading.Event()
+
+    def stop_all(self) -> None:
+        """Stop the load (Locust's children with it) and the watch; used on the way out, however it came."""
+        self.stop_load.set()
+        if self.load is not None:
+            self.load.join(60)
+        self.stop_watch()
 
     def stop_watch(self) -> None:
         proc, self.watch = self.watch, None
@@ -200,7 +208,7 @@ def run_rehearsal(
 
             def load() -> None:
                 try:
-                    kids.load_result = run_load(plan)
+                    kids.load_result = run_load(plan, stop=kids.stop_load)
                 except BaseException as exc:  # reported after the scenario, never lost
                     kids.load_error = exc
 
@@ -218,7 +226,7 @@ def run_rehearsal(
             progress("after the scenario: watching the recovery")
             kids.load.join(max(0.0, started + total - time.monotonic()) + 120)
         finally:
-            kids.stop_watch()
+            kids.stop_all()
     if kids.load_error is not None:
         raise CasprobeError(f"the load run failed: {kids.load_error}")
     if kids.load_result is not None:
@@ -243,6 +251,10 @@ def run_rehearsal(
 @click.option("--keep", is_flag=True, help="Keep the lab running and its folder afterwards.")
 def rehearse(scenario: str, servers: int, quick: bool, output: Path | None, base_address: str, keep: bool) -> None:
     """Play a maintenance on the lab with watch and a Locust load, and write the HTML report."""
+    from casprobe.loadrun import locust_available
+
+    if not locust_available():
+        raise CasprobeError("the rehearsal needs Locust: pip install -e '.[lab,load]'")
     timing = QUICK if quick else FULL
     stamp = time.strftime("%Y-%m-%d-%H%M%S")
     out = output or Path("reports") / f"rehearsal-{stamp}.html"
@@ -252,9 +264,17 @@ def rehearse(scenario: str, servers: int, quick: bool, output: Path | None, base
     def progress(phase: str) -> None:
         click.echo(f"[{time.monotonic() - started:6.1f} s] {phase}", err=True)
 
-    lines = run_rehearsal(
-        scenario, servers, timing, out, base=base_address, workdir=workdir, keep_lab=keep, progress=progress
-    )
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)  # a service manager's stop: clean up as Ctrl-C does
+    try:
+        lines = run_rehearsal(
+            scenario, servers, timing, out, base=base_address, workdir=workdir, keep_lab=keep, progress=progress
+        )
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the lab, watch and Locust are stopped (what was recorded is in {workdir})", err=True)
+        raise SystemExit(130) from None
     for line in lines:
         click.echo(line)
     click.echo(f"(run store, load and logs: {workdir})", err=True)
