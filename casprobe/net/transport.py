@@ -47,6 +47,7 @@ __all__ = [
     "ProbeClient",
     "TransportOptions",
     "classify",
+    "inflate",
 ]
 
 USER_AGENT = f"casprobe/{__version__}"
@@ -320,25 +321,30 @@ class _Chained(Resolver):
         return self._fallback.resolve(name, port, timeout)
 
 
-def _decode(response: httpx.Response, raw: bytes, limit: int) -> bytes:
-    """Undo Content-Encoding (gzip/deflate) if the server used it, never inflating past ``limit`` (a compression
-    bomb is a BodyTooLarge, not an exhausted memory); raw bytes for any other encoding."""
-    encoding = response.headers.get("content-encoding", "").strip().lower()
-    if encoding in ("", "identity"):
-        return raw
+def inflate(encoding: str, raw: bytes, limit: int) -> tuple[bytes, bool] | None:
+    """Undo a gzip / deflate Content-Encoding, never inflating past ``limit`` (a compression bomb is a
+    BodyTooLarge, not an exhausted memory): the bytes and whether the compressed stream ended; None for any other
+    encoding (identity included). A body that is not what its encoding says is :class:`MalformedHttp`."""
     import zlib
 
+    encoding = encoding.strip().lower()
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
     if wbits is None:
-        return raw
+        return None
     inflater = zlib.decompressobj(wbits)
     try:
         out = inflater.decompress(raw, limit + 1)
-    except zlib.error as exc:
-        raise httpx.DecodingError(f"bad {encoding} body") from exc
+    except zlib.error:
+        raise MalformedHttp(f"bad {encoding} body") from None
     if len(out) > limit or inflater.unconsumed_tail:
         raise BodyTooLarge(limit)
-    return out
+    return out, inflater.eof
+
+
+def _decode(response: httpx.Response, raw: bytes, limit: int) -> bytes:
+    """The body with gzip/deflate undone (:func:`inflate`); raw bytes for any other encoding."""
+    inflated = inflate(response.headers.get("content-encoding", ""), raw, limit)
+    return raw if inflated is None else inflated[0]
 
 
 def _legs(trace: _Trace) -> tuple[float, ...]:

@@ -9,11 +9,10 @@ import contextlib
 import socket
 import ssl
 import time
-import zlib
 from collections.abc import Callable
 from typing import Any
 
-from casprobe.net.transport import BodyTooLarge, DeadlineExceeded, MalformedHttp
+from casprobe.net.transport import BodyTooLarge, DeadlineExceeded, MalformedHttp, inflate
 
 __all__ = [
     "MAX_HEADERS",
@@ -251,20 +250,14 @@ def read_to_close(conn: Conn, clock: Clock, limit: int, sink: Callable[[bytes], 
 
 
 def decoded(encoding: str, raw: bytes, limit: int) -> bytes:
-    """Undo gzip/deflate within ``limit``; identity as is; anything else is malformed (we never asked for it)."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity") or not raw:  # no body (HEAD, 204, 304, an empty 401): nothing to undo
+    """Undo gzip/deflate within ``limit`` (:func:`~casprobe.net.transport.inflate`); identity as is; any other
+    encoding, or a compressed stream cut short, is malformed (we never asked for it)."""
+    if encoding.strip().lower() in ("", "identity") or not raw:  # no body (HEAD, 204, 304, an empty 401)
         return raw
-    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
-    if wbits is None:
-        raise MalformedHttp(f"unsupported Content-Encoding {encoding[:40]!r}")
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(raw, limit + 1)
-    except zlib.error:
-        raise MalformedHttp(f"bad {encoding} body") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise BodyTooLarge(limit)
-    if not inflater.eof:  # all input consumed below the limit, yet the stream did not end (no gzip trailer)
-        raise MalformedHttp(f"truncated {encoding} body")
+    inflated = inflate(encoding, raw, limit)
+    if inflated is None:
+        raise MalformedHttp(f"unsupported Content-Encoding {encoding.strip().lower()[:40]!r}")
+    out, ended = inflated
+    if not ended:  # all input consumed below the limit, yet the stream did not end (no gzip trailer)
+        raise MalformedHttp(f"truncated {encoding.strip().lower()} body")
     return out
