@@ -39,11 +39,12 @@ __all__ = [
     "LoadError",
     "LoadPlan",
     "LoadResult",
+    "add_to_store",
     "default_locustfiles",
-    "import_records",
     "read_result",
     "read_stats",
     "run_load",
+    "stats_file",
     "stats_from",
 ]
 
@@ -225,12 +226,14 @@ def read_result(out_dir: Path) -> LoadRecords:
     return read_records(records, stats=read_stats(out_dir))
 
 
+def stats_file(out_dir: Path) -> Path | None:
+    """Where a run folder holds Locust's request figures: its final JSON, else its CSV, else nowhere."""
+    return next((p for p in (out_dir / "locust_stats.json", out_dir / "locust_stats.csv") if p.is_file()), None)
+
+
 def read_stats(out_dir: Path) -> tuple[RequestStat, ...]:
-    """Locust's request figures of a run folder: its final JSON, else its CSV, else none."""
-    final, periodic = out_dir / "locust_stats.json", out_dir / "locust_stats.csv"
-    if final.is_file():
-        return read_locust_json(final)
-    return read_locust_stats(periodic) if periodic.is_file() else ()
+    """Locust's request figures of a run folder (see :func:`stats_file`)."""
+    return stats_from(stats_file(out_dir))
 
 
 def _log_tail(path: Path, lines: int = 5) -> str:
@@ -241,11 +244,10 @@ def _log_tail(path: Path, lines: int = 5) -> str:
     return " | ".join(line.strip()[:200] for line in text[-lines:]) or "(empty log)"
 
 
-def import_records(records: Path, stats: Path | None, store_path: Path) -> int:
-    """Add a records file (and Locust's stats, JSON or CSV) to an existing run store; returns the load run's id."""
+def add_to_store(found: LoadRecords, store_path: Path) -> int:
+    """Add a load run read back (:func:`read_result`, :func:`read_records`) to an existing run store; its id."""
     from casprobe.store import RunStore
 
-    found = read_records(records, stats=stats_from(stats))
     with RunStore.open(store_path, readonly=False) as store:
         return store.add_load_run(found.run, found.disconnects)
 

@@ -25,7 +25,7 @@ from casprobe.config import default_lab_dir, lab_profile_path, load_profile
 from casprobe.errors import ConfigError
 from casprobe.load.accounts import read_accounts
 from casprobe.load.records import LoadRecords
-from casprobe.loadrun import LoadPlan, describe_commands, import_records, run_load
+from casprobe.loadrun import LoadPlan, add_to_store, describe_commands, run_load
 from casprobe.model import RunInfo
 
 __all__ = ["load"]
@@ -148,19 +148,12 @@ def run(
     click.echo(f"Locust's statistics: {folder / 'locust_stats.json'}, {folder / 'locust.html'} (and CSV)")
     if store is not None:
         _ensure_store(store, found)
-        import_records(folder / "records.jsonl", _stats(folder), store)
+        add_to_store(found, store)
         click.echo(f"added to the run store {store}")
     if result.exit_code not in (0, 1):
         raise click.exceptions.Exit(3)
     if result.exit_code == 1:
         raise click.exceptions.Exit(2)
-
-
-def _stats(folder: Path) -> Path | None:
-    for name in ("locust_stats.json", "locust_stats.csv"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
 
 
 @load.command("import")
@@ -178,7 +171,7 @@ def import_(records: Path, stats: Path | None, store: Path) -> None:
 
     found = read_records(records, stats=stats_from(stats))
     _ensure_store(store, found)
-    ident = import_records(records, stats, store)
+    ident = add_to_store(found, store)
     for line in summary_lines(found):
         click.echo(line)
     click.echo(f"added as load run {ident} to {store}")

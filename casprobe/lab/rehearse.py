@@ -37,7 +37,7 @@ from casprobe.errors import CasprobeError
 from casprobe.lab.cli import lab_down, lab_up
 from casprobe.lab.control import LabClient
 from casprobe.lab.org import LabConfig
-from casprobe.loadrun import LoadPlan, LoadResult, import_records, run_load
+from casprobe.loadrun import LoadPlan, LoadResult, add_to_store, run_load
 from casprobe.model import Marker
 from casprobe.store import RunStore
 
@@ -230,9 +230,7 @@ def run_rehearsal(
     if kids.load_error is not None:
         raise CasprobeError(f"the load run failed: {kids.load_error}")
     if kids.load_result is not None:
-        load_dir = kids.load_result.out_dir
-        final = load_dir / "locust_stats.json"
-        import_records(load_dir / "records.jsonl", final if final.is_file() else None, store)
+        add_to_store(kids.load_result.records, store)
     progress("writing the report")
     from casprobe.report import load_report
     from casprobe.report.render import render_html
