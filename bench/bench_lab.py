@@ -349,19 +349,20 @@ def check_free(config: LabConfig) -> None:
                 raise BenchError(f"{address}:{config.port} is taken ({exc.strerror}): pick --base-address") from exc
 
 
-def teardown(folder: Path) -> int:
-    """Stop the lab whatever happened, kill (by pid) any of its processes that survived, remove the folder."""
-    status = 0
+def teardown(folder: Path, *, lab: Path | None = None, name: str = "bench_lab") -> int:
+    """Stop the lab in ``lab`` (default: ``folder``) whatever happened, kill (by pid) any of its processes that
+    survived, remove ``folder``; 1 when something had to be forced."""
+    status, lab = 0, lab or folder
     try:
-        lab_down(folder)
+        lab_down(lab)
     except CasprobeError as exc:
-        print(f"bench_lab: lab down failed: {exc}", file=sys.stderr)
+        print(f"{name}: lab down failed: {exc}", file=sys.stderr)
         status = 1
-    if left := leftovers(folder):
+    if left := leftovers(lab):
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        print(f"bench_lab: lab processes {left} survived lab down and were killed", file=sys.stderr)
+        print(f"{name}: lab processes {left} survived lab down and were killed", file=sys.stderr)
         status = 1
     shutil.rmtree(folder, ignore_errors=True)
     return status
@@ -372,9 +373,39 @@ def interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def guarded_run(
+    name: str,
+    body: Callable[[Path], object],
+    *,
+    errors: tuple[type[BaseException], ...] = (CasprobeError, BenchError),
+    lab_subdir: str | None = None,
+    before_teardown: Callable[[], None] | None = None,
+) -> int:
+    """Run a benchmark ``body`` in a fresh temporary folder and clean up whatever happens (every bench's main):
+    0 done, 1 something failed or had to be forced, 130 interrupted (Ctrl-C or SIGTERM)."""
+    signal.signal(signal.SIGTERM, interrupted)
+    folder = Path(tempfile.mkdtemp(prefix=f"casprobe-{name.replace('_', '-')}-"))
+    status = 0
+    try:
+        body(folder)
+    except errors as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        status = 1
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        status = 130
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
+        if before_teardown is not None:
+            before_teardown()
+        lab = folder / lab_subdir if lab_subdir else None
+        status = max(status, teardown(folder, lab=lab, name=name))
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, interrupted)
     if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
         print("bench_lab: HAProxy is not installed; the lab needs it (apt-get install -y haproxy)", file=sys.stderr)
         return 2
@@ -382,22 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(cores) < 2:
         print("bench_lab: one core only: lab and clients share it, the numbers say little", file=sys.stderr)
     config = LabConfig(base_address=args.base_address, port=443 if os.geteuid() == 0 else 8443)
-    folder = Path(tempfile.mkdtemp(prefix="casprobe-bench-"))
-    status = 0
-    try:
+
+    def body(folder: Path) -> None:
         check_free(config)
         print_report(run_bench(folder, config, args, cores), args)
-    except (CasprobeError, BenchError) as exc:
-        print(f"bench_lab: {exc}", file=sys.stderr)
-        status = 1
-    except KeyboardInterrupt:
-        print("bench_lab: interrupted", file=sys.stderr)
-        status = 130
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the clean-up short
-            signal.signal(sig, signal.SIG_IGN)
-        status = max(status, teardown(folder))
-    return status
+
+    return guarded_run("bench_lab", body)
 
 
 if __name__ == "__main__":

@@ -29,22 +29,20 @@ import contextlib
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_lab import check_free, leftovers, pin, read_pid  # bench/ is on sys.path when this script runs
+from bench_lab import check_free, guarded_run, pin, read_pid  # bench/ is on sys.path when this script runs
 from labclients import BenchError
 
 from casprobe.errors import CasprobeError
-from casprobe.lab.cli import lab_down, lab_up
+from casprobe.lab.cli import lab_up
 from casprobe.lab.org import LabConfig, Org
 
 HERE = Path(__file__).resolve().parent
@@ -395,28 +393,6 @@ def raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def teardown(folder: Path) -> int:
-    """Stop the lab whatever happened, kill (by pid) any of its processes that survived, remove the folder."""
-    status, lab = 0, folder / "lab"
-    try:
-        lab_down(lab)
-    except CasprobeError as exc:
-        print(f"bench_load: lab down failed: {exc}", file=sys.stderr)
-        status = 1
-    if left := leftovers(lab):
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        print(f"bench_load: lab processes {left} survived lab down and were killed", file=sys.stderr)
-        status = 1
-    shutil.rmtree(folder, ignore_errors=True)
-    return status
-
-
-def interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run(folder: Path, args: argparse.Namespace) -> bool:
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
@@ -455,24 +431,18 @@ def run(folder: Path, args: argparse.Namespace) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, interrupted)
-    folder = Path(tempfile.mkdtemp(prefix="casprobe-bench-load-"))
-    status = 0
-    try:
-        run(folder, args)
-    except (CasprobeError, BenchError, OSError) as exc:
-        print(f"bench_load: {exc}", file=sys.stderr)
-        status = 1
-    except KeyboardInterrupt:
-        print("bench_load: interrupted", file=sys.stderr)
-        status = 130
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the clean-up short
-            signal.signal(sig, signal.SIG_IGN)
+
+    def stop_locust() -> None:
         for locust in RUNS:
             locust.stop(grace_s=0)
-        status = max(status, teardown(folder))
-    return status
+
+    return guarded_run(
+        "bench_load",
+        lambda folder: run(folder, args),
+        errors=(CasprobeError, BenchError, OSError),
+        lab_subdir="lab",
+        before_teardown=stop_locust,
+    )
 
 
 if __name__ == "__main__":

@@ -39,12 +39,10 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -52,11 +50,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
-from bench_lab import check_free, cpu_seconds, leftovers, machine_seconds, pin, read_pid  # bench/ is on sys.path
+from bench_lab import check_free, cpu_seconds, guarded_run, machine_seconds, pin, read_pid  # bench/ is on sys.path
 from labclients import BenchError
 
 from casprobe.errors import CasprobeError
-from casprobe.lab.cli import lab_down, lab_up
+from casprobe.lab.cli import lab_up
 from casprobe.lab.org import LabConfig, Org
 from casprobe.serve_config import DEFAULT_TIMEOUT_OFFSET_S
 
@@ -608,48 +606,20 @@ def run(folder: Path, args: argparse.Namespace) -> None:
     print_report(args, org, (lab_core, serve_core), max_conc, loads, hour)
 
 
-def teardown(folder: Path) -> int:
-    """Stop serve and the lab whatever happened, kill (by pid) any lab process that survived, remove the folder."""
-    status, lab = 0, folder / "lab"
-    for serve in SERVES:
-        serve.stop()
-    try:
-        lab_down(lab)
-    except CasprobeError as exc:
-        print(f"bench_serve: lab down failed: {exc}", file=sys.stderr)
-        status = 1
-    if left := leftovers(lab):
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        print(f"bench_serve: lab processes {left} survived lab down and were killed", file=sys.stderr)
-        status = 1
-    shutil.rmtree(folder, ignore_errors=True)
-    return status
-
-
-def interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, interrupted)
-    folder = Path(tempfile.mkdtemp(prefix="casprobe-bench-serve-"))
-    status = 0
-    try:
-        run(folder, args)
-    except (CasprobeError, BenchError, OSError) as exc:
-        print(f"bench_serve: {exc}", file=sys.stderr)
-        status = 1
-    except KeyboardInterrupt:
-        print("bench_serve: interrupted", file=sys.stderr)
-        status = 130
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the clean-up short
-            signal.signal(sig, signal.SIG_IGN)
-        status = max(status, teardown(folder))
-    return status
+
+    def stop_serve() -> None:
+        for serve in SERVES:
+            serve.stop()
+
+    return guarded_run(
+        "bench_serve",
+        lambda folder: run(folder, args),
+        errors=(CasprobeError, BenchError, OSError),
+        lab_subdir="lab",
+        before_teardown=stop_serve,
+    )
 
 
 if __name__ == "__main__":
