@@ -209,7 +209,7 @@ class LoadState:
     def tracker(self, cohort: str, user: str, client: str, name: str) -> DisconnectTracker:
         def closed(record: LoadDisconnect) -> None:
             end = record.ended_at if record.ended_at is not None else time.time()
-            events.request.fire(
+            self.environment.events.request.fire(
                 request_type=DISCONNECT,
                 name=f"cohort {record.cohort}",
                 response_time=(end - record.started_at) * 1000.0,
