@@ -3,7 +3,7 @@
 Every figure in a sentence is a figure of :class:`casprobe.analysis.RunAnalysis`: the disconnect time of the name's
 *new connections* and *sessions* over the whole run (:mod:`casprobe.analysis_compare`: the union of its outage
 windows, an open outage counted to the run's end) and its longest outage (counted the same way), placed in the
-maintenance window it began in (:mod:`casprobe.analysis_phases`), or before / after the maintenance.
+maintenance window it overlaps (:mod:`casprobe.analysis_phases`), or before / after the maintenance.
 
 Through the namespace the sentence speaks of Outlook: it *stayed connected* when the long-lived session
 (``mapi-session``) was never cut off. A name whose probes never failed gets "no probe failed".
@@ -59,9 +59,11 @@ def _window_phrase(label: str) -> str:
     return label
 
 
-def _where(a: RunAnalysis, start: float) -> str:
+def _where(a: RunAnalysis, start: float, end: float) -> str:
+    """Where an outage (start → end) stands: in the maintenance window it overlaps (its first failed probe may
+    have started up to an interval before the window opened), else before / after the maintenance."""
     for window in a.phases.windows:
-        if window.start <= start and (window.end is None or start < window.end):
+        if start < (window.end if window.end is not None else float("inf")) and end > window.start:
             return f" during {_window_phrase(window.label)}"
     phase = a.phases.phase_of(start)
     return f" {phase} the maintenance" if phase in ("before", "after") else ""
@@ -73,7 +75,7 @@ def _longest(a: RunAnalysis, reports: list[OutageReport]) -> tuple[float, str]:
     o = best.outage
     length = outage_span(o, a.end)[1] - o.start_mono
     text = seconds(length) if o.end_mono is not None else f"at least {seconds(length)} (still failing at the end)"
-    return length, f"{text} ({o.probe}){_where(a, o.start_mono)}"
+    return length, f"{text} ({o.probe}){_where(a, o.start_mono, o.start_mono + length)}"
 
 
 def _one(a: RunAnalysis, target: str, name: str, kind: TargetKind) -> Verdict:

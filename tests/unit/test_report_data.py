@@ -244,3 +244,18 @@ def test_text_from_the_store_is_escaped_and_the_page_is_self_contained() -> None
         "chart-phases",
         "chart-backends",
     }
+
+
+def test_an_outage_whose_first_failure_began_just_before_the_window_is_placed_in_it() -> None:
+    """mb1's first failed probe started a second before the maintenance marker (it ran into the maintenance):
+    the verdict still places the outage during the maintenance, not before it."""
+    early = [
+        replace(r, success=False, severity=Severity.CRITICAL, error_class=ErrorClass.HTTP_STATUS, detail="503")
+        if r.target is kit.MB1 and kit.MONO + 59.0 <= r.started_mono < kit.MONO + 61.0
+        else r
+        for r in kit.results(180)
+    ]
+    data = collect(kit.run_info(), early, kit.markers(), kit.lab_events())
+    mb1 = next(v for v in data.verdicts if v.target == "mb1")
+    assert "during the maintenance of mb1" in mb1.sentence
+    assert "before the maintenance" not in mb1.sentence
